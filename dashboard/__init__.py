@@ -1,0 +1,1 @@
+"""riskstream dashboard stage."""

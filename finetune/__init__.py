@@ -1,0 +1,1 @@
+"""riskstream finetune stage."""

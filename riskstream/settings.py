@@ -1,0 +1,125 @@
+"""Typed configuration.
+
+Every process builds exactly one settings object at start-up (in the CLI) and passes it down; nothing reads
+``os.environ`` deep in the code. Each setting is an environment variable with the prefix ``RISKSTREAM_`` and a CLI
+flag of the same name (``RISKSTREAM_KAFKA_BOOTSTRAP`` is ``--kafka-bootstrap``); the flag wins over the variable.
+
+Services subclass :class:`CommonSettings` with their own fields (``WorkerSettings`` in ``inference``,
+``IngestSettings`` in ``ingest`` and so on), so a process only sees the knobs that concern it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RISKSTREAM_"
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "riskstream"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every riskstream process shares: where the engines are and what the contracts are called."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where riskstream keeps its state: the SQLite store, model artifacts, service data and logs.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where fetched artifacts (Kafka jars, Elasticsearch zip) are cached; shared by every data dir. "
+        "Default: ~/.cache/riskstream.",
+    )
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma separated. `services up` starts a broker on this address.",
+    )
+    es_url: str = Field(
+        default="http://127.0.0.1:9200",
+        description="Elasticsearch URL. `services up` starts a node on this address.",
+    )
+    es_api_key: SecretStr | None = Field(default=None, description="Elasticsearch API key (production clusters).")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the SQL store (labels, users, rules, model registry). "
+        "Default: a SQLite file under the data dir; PostgreSQL for shared deployments.",
+    )
+    seed_data: Path | None = Field(
+        default=None,
+        description="Folder of <dataset>/{train,dev,test}.csv seed datasets (read, never copied into the project).",
+    )
+    topic_raw: str = Field(default="riskstream.docs.raw", description="Kafka topic of raw documents.")
+    topic_scored: str = Field(default="riskstream.docs.scored", description="Kafka topic of scored documents.")
+    topic_dlq: str = Field(default="riskstream.docs.dlq", description="Kafka dead-letter topic.")
+    topic_alerts: str = Field(default="riskstream.alerts", description="Kafka topic of fired alerts.")
+    es_docs_alias: str = Field(default="riskstream-docs", description="Elasticsearch alias of scored documents.")
+    es_alerts_alias: str = Field(default="riskstream-alerts", description="Elasticsearch alias of alerts.")
+    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_json: bool = Field(default=False, description="Log one JSON object per line (for log shippers).")
+
+    @field_validator("data_dir", "seed_data", "cache_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    # ---- derived values -------------------------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        """The database URL to connect with (secret: never log it, use :meth:`safe_dump`)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'riskstream.db'}"
+
+    @property
+    def artifact_cache(self) -> Path:
+        return self.cache_dir or Path.home() / ".cache" / "riskstream"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def require_seed_data(self) -> Path:
+        if self.seed_data is None:
+            raise ValueError(
+                "no seed data configured: set RISKSTREAM_SEED_DATA (or --seed-data) to a folder of "
+                "<dataset>/{train,dev,test}.csv"
+            )
+        if not self.seed_data.is_dir():
+            raise ValueError(f"RISKSTREAM_SEED_DATA={self.seed_data} is not a directory")
+        return self.seed_data
+
+    def safe_dump(self) -> dict[str, Any]:
+        """All settings as plain values with secrets masked, for logs and `riskstream config`."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[name] = "**********"
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["db_url"] = _mask_url(self.db_url)
+        return out
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password of a database URL: postgresql://u:secret@h/db -> postgresql://u:***@h/db."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        creds = creds.split(":", 1)[0] + ":***"
+    return f"{scheme}://{creds}@{host}"
