@@ -1,0 +1,60 @@
+"""Configuration: env vars and flags, precedence, secrets masked."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from riskstream.cliutil import with_settings
+from riskstream.settings import CommonSettings
+
+
+@click.command()
+@with_settings(CommonSettings)
+def show(settings: CommonSettings) -> None:
+    click.echo(f"{settings.kafka_bootstrap}|{settings.es_url}|{settings.log_json}|{settings.db_url}")
+
+
+def test_every_setting_is_a_flag() -> None:
+    names = {p.name for p in show.params}
+    assert set(CommonSettings.model_fields) <= names
+    help_text = CliRunner().invoke(show, ["--help"]).output
+    assert "--kafka-bootstrap" in help_text
+    assert "RISKSTREAM_KAFKA_BOOTSTRAP" in help_text
+
+
+def test_flag_overrides_env_and_env_overrides_default(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("RISKSTREAM_KAFKA_BOOTSTRAP", "10.1.2.3:9092")
+    monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    out = runner.invoke(show, []).output.strip().split("|")
+    assert out[0] == "10.1.2.3:9092"
+    assert out[1] == "http://127.0.0.1:9200"
+    assert out[3] == f"sqlite:///{tmp_path.resolve() / 'riskstream.db'}"
+    out = runner.invoke(show, ["--kafka-bootstrap", "127.0.0.1:1", "--log-json"]).output.strip().split("|")
+    assert out[0] == "127.0.0.1:1"
+    assert out[2] == "True"
+
+
+def test_invalid_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISKSTREAM_LOG_JSON", "not-a-bool")
+    result = CliRunner().invoke(show, [])
+    assert result.exit_code == 2
+    assert "invalid configuration" in result.output
+
+
+def test_safe_dump_masks_secrets() -> None:
+    s = CommonSettings(database_url="postgresql://rs:hunter2@db:5432/rs", es_api_key="abc123secret")
+    dumped = s.safe_dump()
+    text = repr(dumped)
+    assert "hunter2" not in text and "abc123secret" not in text
+    assert dumped["db_url"] == "postgresql://rs:***@db:5432/rs"
+    assert s.db_url.endswith("hunter2@db:5432/rs")  # the real value is still usable
+
+
+def test_seed_data_must_exist(tmp_path) -> None:
+    with pytest.raises(ValueError, match="RISKSTREAM_SEED_DATA"):
+        CommonSettings(seed_data=None).require_seed_data()
+    with pytest.raises(ValueError, match="not a directory"):
+        CommonSettings(seed_data=tmp_path / "missing").require_seed_data()
