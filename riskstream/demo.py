@@ -1,0 +1,228 @@
+"""``riskstream demo``: the whole pipeline on one machine, with embedded defaults and the seed data.
+
+1. start Kafka and Elasticsearch on loopback (``services up``; cached after the first run) and migrate the store;
+2. make sure a champion model exists (``finetune run --quick`` the first time: a few minutes on a laptop CPU);
+3. start an inference worker and the alert engine;
+4. replay a slice of each seed dataset's test split into ``riskstream.docs.raw`` through the ingest edge (PII
+   redaction, dedupe); replay ids are stable (``<dataset>-<split>-<row>``), so a second demo overwrites
+   the same documents instead of adding copies;
+5. wait until every replayed document is searchable, then print the risk picture and write a plot.
+
+Every step runs the same ``riskstream`` command an operator would run, as a child process; the demo only
+orchestrates and reports. Services are left running for the dashboard (``riskstream dashboard run``) and
+stopped with ``riskstream services down``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from riskstream.cliutil import with_settings
+from riskstream.settings import CommonSettings
+
+DEMO_SLICES: dict[str, int] = {
+    "financial_phrasebank": 300,
+    "fin_tweets_topic": 300,
+    "banking77": 300,
+    "cs_sentiment": 300,
+}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "riskstream", *args]
+
+
+def _env(settings: CommonSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "RISKSTREAM_DATA_DIR": str(settings.data_dir),
+            "RISKSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "RISKSTREAM_ES_URL": settings.es_url,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    if settings.seed_data is not None:
+        env["RISKSTREAM_SEED_DATA"] = str(settings.seed_data)
+    if settings.database_url is not None:
+        env["RISKSTREAM_DATABASE_URL"] = settings.database_url.get_secret_value()
+    return env
+
+
+def _step(title: str) -> None:
+    click.secho(f"\n==> {title}", bold=True)
+
+
+def _run(args: Sequence[str], env: dict[str, str], *, capture: bool = False) -> str:
+    result = subprocess.run(list(args), env=env, check=False, text=True, capture_output=capture)
+    if result.returncode != 0:
+        detail = (result.stderr or "")[-2000:] if capture else ""
+        raise click.ClickException(f"`{' '.join(args[2:])}` failed with exit code {result.returncode}\n{detail}")
+    return result.stdout if capture else ""
+
+
+def _count(client: Any, alias: str, query: dict[str, Any] | None = None) -> int:
+    client.indices.refresh(index=alias)
+    return int(client.count(index=alias, query=query or {"match_all": {}})["count"])
+
+
+def _summary(client: Any, settings: CommonSettings, out_dir: Path) -> dict[str, Any]:
+    alias = settings.es_docs_alias
+    aggs = client.search(
+        index=alias,
+        size=0,
+        aggs={
+            "by_channel": {
+                "terms": {"field": "channel"},
+                "aggs": {
+                    "sentiment": {"terms": {"field": "sentiment.label"}},
+                    "risk": {"avg": {"field": "risk_score"}},
+                    "topics": {
+                        "terms": {"field": "topic.label", "size": 8, "order": {"risk": "desc"}, "min_doc_count": 5},
+                        "aggs": {"risk": {"avg": {"field": "risk_score"}}},
+                    },
+                },
+            },
+            "versions": {"terms": {"field": "model_version"}},
+        },
+    )["aggregations"]
+    summary: dict[str, Any] = {"channels": {}, "model_versions": [b["key"] for b in aggs["versions"]["buckets"]]}
+    for bucket in aggs["by_channel"]["buckets"]:
+        summary["channels"][bucket["key"]] = {
+            "documents": bucket["doc_count"],
+            "mean_risk": round(bucket["risk"]["value"] or 0.0, 3),
+            "sentiment": {b["key"]: b["doc_count"] for b in bucket["sentiment"]["buckets"]},
+            "riskiest_topics": [
+                {"topic": b["key"], "documents": b["doc_count"], "mean_risk": round(b["risk"]["value"] or 0.0, 3)}
+                for b in bucket["topics"]["buckets"]
+            ],
+        }
+    _plot(summary, out_dir / "demo-risk.png")
+    return summary
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    channels = list(summary["channels"].items())
+    if not channels:
+        return
+    fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.5), squeeze=False)
+    for ax, (channel, data) in zip(axes[0], channels, strict=True):
+        topics = data["riskiest_topics"][::-1]
+        ax.barh([t["topic"][:32] for t in topics], [t["mean_risk"] for t in topics], color="#c0392b")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("mean P(negative)")
+        ax.set_title(f"{channel}: riskiest topics ({data['documents']} docs)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, name: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        click.echo(f"{name} did not drain within 60 s; killing it")
+        proc.kill()
+        proc.wait()
+
+
+@click.command("demo")
+@click.option("--per-dataset", type=int, default=None, help="Documents replayed per seed dataset (default 300).")
+@click.option("--timeout", "timeout_s", type=int, default=900, show_default=True, help="Seconds to wait for scoring.")
+@click.option("--keep-services/--stop-services", default=True, show_default=True)
+@with_settings(CommonSettings)
+def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings: CommonSettings) -> None:
+    """Run the whole pipeline on this machine with seed data and print the live risk picture."""
+    from riskstream.es import make_client
+
+    settings.require_seed_data()
+    env = _env(settings)
+    out_dir = settings.data_dir / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.monotonic()
+
+    _step("1/5 services: Kafka and Elasticsearch on loopback")
+    _run(_cli("services", "up"), env)
+
+    _step("2/5 model: champion in the registry (quick fine-tune on first run)")
+    listed = _run(_cli("finetune", "list", "--json"), env, capture=True)
+    versions = json.loads(listed or "[]")
+    if not any(v.get("status") == "champion" for v in versions):
+        _run(_cli("finetune", "run", "--quick"), env)
+    else:
+        click.echo("a champion exists; skipping training")
+
+    _step("3/5 processes: inference worker and alert engine")
+    worker_log = (logs / "worker.log").open("ab")
+    worker = subprocess.Popen(_cli("worker"), env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    alerts: subprocess.Popen[bytes] | None = None
+    alerts_log = (logs / "alerts.log").open("ab")
+    try:
+        alerts = subprocess.Popen(_cli("alerts", "run"), env=env, stdout=alerts_log, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        click.echo(f"alert engine not started: {exc}")
+
+    client = make_client(settings)
+    try:
+        _step("4/5 ingest: replay seed slices through the ingest edge")
+        sent = 0
+        prefixes = []
+        for dataset, limit in DEMO_SLICES.items():
+            n = per_dataset or limit
+            _run(_cli("ingest", "replay", "--dataset", dataset, "--split", "test", "--limit", str(n)), env)
+            sent += n
+            prefixes.append(f"{dataset}-test-")
+        replayed = {"bool": {"should": [{"prefix": {"id": p}} for p in prefixes], "minimum_should_match": 1}}
+
+        _step(f"5/5 waiting for {sent} documents to become searchable")
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise click.ClickException(f"the worker exited with {worker.returncode}; see {logs / 'worker.log'}")
+            seen = _count(client, settings.es_docs_alias, replayed)
+            click.echo(f"\r  searchable: {seen}/{sent}", nl=False)
+            if seen >= sent:
+                break
+            time.sleep(2)
+        click.echo("")
+        summary = _summary(client, settings, out_dir)
+        summary["replayed"] = sent
+        summary["searchable"] = seen
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        (out_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        click.echo(json.dumps(summary, indent=2))
+        click.echo(f"\nplot: {out_dir / 'demo-risk.png'}   logs: {logs}")
+        click.echo("next: `riskstream dashboard run` for the live view; `riskstream services down` to stop.")
+        if seen < sent:
+            raise click.ClickException(f"only {seen} of {sent} documents became searchable within {timeout_s} s")
+    finally:
+        _stop(alerts, "alert engine")
+        _stop(worker, "worker")
+        worker_log.close()
+        alerts_log.close()
+        if not keep_services:
+            _run(_cli("services", "down"), env)
