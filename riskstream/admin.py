@@ -11,9 +11,15 @@ from riskstream.settings import CommonSettings
 
 
 @click.command("config")
+@click.option("--markdown", is_flag=True, help="Print the reference of every process's settings instead.")
 @with_settings(CommonSettings)
-def config_cmd(settings: CommonSettings) -> None:
+def config_cmd(markdown: bool, settings: CommonSettings) -> None:
     """Print the effective configuration (secrets masked)."""
+    if markdown:
+        from riskstream.settings_doc import render
+
+        click.echo(render(), nl=False)
+        return
     echo_json(settings.safe_dump())
 
 
