@@ -1,0 +1,261 @@
+"""The alert stream job: a faust-streaming app over ``topic_scored``.
+
+Per scored document (event time = ``published_at``, else ``ingested_at``):
+
+1. decode and validate (a bad message goes to the dead-letter topic with the reason, never stops the job);
+2. :class:`alerts.rules.Evaluator` counts it in its rules' windows (state in a changelog-backed faust Table, so
+   a restart restores open windows and silences) and returns the alerts to fire;
+3. each alert is indexed in Elasticsearch (``_id`` = alert id, monthly index from the window start), published
+   to ``topic_alerts`` (key = alert id) and one delivery row per webhook target is queued in the SQL store.
+
+Timers close windows of an idle stream, reload rules from the store, and run the delivery loop (signed
+webhooks with the SSRF guard, retries with backoff from the store). The pure logic lives in ``rules.py``,
+``windows.py``, ``webhooks.py`` and ``store.py``; this module only wires it to faust, Kafka, ES and SQL.
+
+One engine per ``alerts_app_id`` (rules aggregate across every partition of the scored topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+import faust
+from pydantic import ValidationError
+
+from alerts import store, webhooks
+from alerts.rules import Evaluator, Rule, load_rules_file
+from alerts.settings import AlertSettings
+from riskstream.db import Database
+from riskstream.es import make_client
+from schemas.es import ensure_templates, index_for
+from schemas.records import Alert, DeadLetter, ScoredDocument
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WebhookNotConfiguredError(Exception):
+    """A rule names webhooks but no signing secret is configured (permanent: unsigned sends are refused)."""
+
+
+def broker_url(bootstrap: str) -> str:
+    """``host:port,host2:port`` -> ``kafka://host:port;kafka://host2:port`` (faust's broker list)."""
+    return ";".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())
+
+
+def topic_partitions(bootstrap: str, topic: str, default: int = 1) -> int:
+    """Partition count of ``topic`` (the state table must match it); ``default`` when it does not exist yet."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+    finally:
+        consumer.close()
+    return len(parts) if parts else default
+
+
+class AlertEngine:
+    """Everything the faust callbacks need, built once from settings."""
+
+    def __init__(self, settings: AlertSettings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.es = make_client(settings)
+        self.file_rules: list[Rule] = (
+            load_rules_file(settings.alerts_rules_file) if settings.alerts_rules_file else []
+        )
+        self.allow = webhooks.AllowList.parse(settings.webhook_allow)
+        self.http = webhooks.make_client(settings.webhook_timeout)
+        self.policy = store.RetryPolicy(
+            max_attempts=settings.webhook_max_attempts, base_delay=settings.webhook_backoff
+        )
+        self.muted: set[str] = set()
+        self.last_event = time.monotonic()
+        self.evaluator: Evaluator | None = None
+
+    # ---- rules -------------------------------------------------------------------------------------------------
+
+    def current_rules(self) -> list[Rule]:
+        with self.db.session() as session:
+            stored, errors = store.load_rules(session)
+            self.muted = store.muted_rule_ids(session)
+        for err in errors:
+            log.error("skipping invalid rule: %s", err)
+        by_id = {r.id: r for r in self.file_rules}
+        by_id.update({r.id: r for r in stored})  # the store wins over the file for the same id
+        return list(by_id.values())
+
+    # ---- side effects of one alert -----------------------------------------------------------------------------
+
+    def record(self, alert: Alert) -> None:
+        """Index the alert and queue its webhooks (idempotent: same id, same index, unique deliveries)."""
+        self.es.index(
+            index=index_for(self.settings.es_alerts_alias, alert.window_start),
+            id=alert.id,
+            document=alert.model_dump(mode="json"),
+        )
+        assert self.evaluator is not None
+        rule = self.evaluator.rules.get(alert.rule_id)
+        targets = list(rule.webhooks) if rule else []
+        if targets:
+            with self.db.session() as session:
+                self._ensure_rule_row(session, rule)
+                store.enqueue(session, alert, targets)
+                session.commit()
+
+    def _ensure_rule_row(self, session: Any, rule: Rule | None) -> None:
+        """File rules have no row yet; deliveries reference one (foreign key), so mirror it, disabled-safe."""
+        from schemas.db import AlertRuleRow
+
+        if rule is not None and session.get(AlertRuleRow, rule.id) is None:
+            store.save_rule(session, rule, actor="rules-file")
+
+    def send(self, target: str, payload: dict[str, Any], alert_id: str) -> int:
+        secret = self.settings.webhook_secret.get_secret_value()
+        if not secret:
+            raise WebhookNotConfiguredError("webhook_secret is not set; refusing to send unsigned webhooks")
+        return webhooks.send(self.http, target, payload, alert_id=alert_id, secret=secret, allow=self.allow)
+
+    def deliver(self) -> store.DeliveryReport:
+        return store.deliver_due(
+            self.db.sessions,
+            self.send,
+            self.policy,
+            permanent=(webhooks.BlockedTargetError, WebhookNotConfiguredError),
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.es.close()
+        self.db.dispose()
+
+
+def dead_letter(raw: bytes | None, key: bytes | None, reason: str, error: str, message: Any) -> DeadLetter:
+    text: str | None
+    try:
+        text = raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        text = None
+    import base64
+
+    return DeadLetter(
+        reason=reason,
+        error=error[:2000],
+        stage="alerts",
+        source_topic=getattr(message, "topic", None),
+        source_partition=getattr(message, "partition", None),
+        source_offset=getattr(message, "offset", None),
+        key=key.decode("utf-8", "replace") if key else None,
+        payload=text,
+        payload_b64=base64.b64encode(raw).decode() if raw is not None and text is None else None,
+    )
+
+
+def parse_scored(raw: bytes | None) -> ScoredDocument:
+    if raw is None:
+        raise ValueError("empty message")
+    return ScoredDocument.model_validate_json(raw)
+
+
+def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> faust.App:
+    """The faust app: one agent on the scored topic, a state table, three timers."""
+    app = faust.App(
+        settings.alerts_app_id,
+        broker=broker_url(settings.kafka_bootstrap),
+        store="memory://",
+        datadir=str(settings.data_dir / "alerts" / settings.alerts_app_id),
+        topic_partitions=partitions,
+        web_enabled=False,
+        autodiscover=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+    )
+    scored = app.topic(settings.topic_scored, key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+    table = app.Table(
+        "state",
+        partitions=partitions,
+        key_serializer="json",
+        value_serializer="json",
+        use_partitioner=True,  # windows are keyed by rule + group, not by the document's partition
+    )
+    lateness = timedelta(seconds=settings.alerts_lateness)
+
+    async def in_thread(fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    def evaluator() -> Evaluator:
+        if engine.evaluator is None:
+            engine.evaluator = Evaluator(engine.current_rules(), table, lateness=lateness)
+        return engine.evaluator
+
+    async def emit(alerts: list[Alert]) -> None:
+        for alert in alerts:
+            if alert.rule_id in engine.muted:
+                log.info("alert %s not sent: rule %s is muted", alert.id, alert.rule_id)
+                continue
+            await in_thread(partial(engine.record, alert))
+            await alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
+            log.info("alert %s fired: %s", alert.id, alert.message)
+
+    @app.task
+    async def prepare() -> None:
+        await in_thread(lambda: ensure_templates(engine.es, settings.es_docs_alias, settings.es_alerts_alias))
+
+    @app.agent(scored)
+    async def process(stream: Any) -> Any:
+        async for event in stream.events():
+            message = event.message
+            try:
+                doc = parse_scored(event.value)
+            except (ValidationError, ValueError) as exc:
+                reason = "invalid_json" if "json" in str(exc).lower() else "schema_violation"
+                letter = dead_letter(event.value, event.key, reason, str(exc), message)
+                await dlq.send(key=event.key, value=letter.model_dump_json().encode())
+                continue
+            engine.last_event = time.monotonic()
+            await emit(evaluator().add(doc))
+
+    @app.timer(interval=max(0.5, min(settings.alerts_idle_close, 5.0)))
+    async def close_idle() -> None:
+        if time.monotonic() - engine.last_event >= settings.alerts_idle_close:
+            await emit(evaluator().advance(datetime.now(tz=UTC)))
+
+    @app.timer(interval=settings.alerts_rules_refresh)
+    async def refresh_rules() -> None:
+        rules = await in_thread(engine.current_rules)
+        evaluator().set_rules(rules)
+
+    @app.timer(interval=settings.webhook_poll)
+    async def deliveries() -> None:
+        report = await in_thread(engine.deliver)
+        if report.delivered or report.retried or report.failed:
+            log.info(
+                "webhooks: %d delivered, %d to retry, %d failed", report.delivered, report.retried, report.failed
+            )
+
+    return app
+
+
+def run(settings: AlertSettings) -> None:
+    """Run the engine until SIGINT/SIGTERM (faust drains and commits on shutdown)."""
+    db = Database(settings.db_url)
+    engine = AlertEngine(settings, db)
+    rules = engine.current_rules()
+    log.info("alert engine starting with %d rule(s): %s", len(rules), json.dumps([r.id for r in rules]))
+    partitions = topic_partitions(settings.kafka_bootstrap, settings.topic_scored)
+    app = build_app(settings, engine, partitions)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        engine.close()

@@ -1,0 +1,61 @@
+"""Settings of the alert engine (``riskstream alerts ...``); every field is also a CLI flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+
+from riskstream.settings import CommonSettings
+
+
+class AlertSettings(CommonSettings):
+    alerts_app_id: str = Field(
+        default="riskstream-alerts",
+        description="Faust application id = Kafka consumer group; engines sharing it split the partitions. "
+        "Changing it restarts consumption from the latest offsets and loses open windows.",
+    )
+    alerts_rules_file: Path | None = Field(
+        default=None,
+        description="Optional JSON/YAML file of rules loaded besides the SQL store's rules (validated at load; "
+        "an invalid file stops the engine rather than running with half the rules).",
+    )
+    alerts_rules_refresh: float = Field(
+        default=30.0,
+        description="Seconds between reloads of the rules from the store: lower picks up edits sooner, "
+        "costs a query each time.",
+    )
+    alerts_lateness: float = Field(
+        default=300.0,
+        description="Seconds a window stays open after its end for late documents: higher tolerates slower "
+        "sources, delays alerts evaluated at window close by as much.",
+    )
+    alerts_idle_close: float = Field(
+        default=10.0,
+        description="Seconds without new documents after which windows are closed on the wall clock (end + "
+        "lateness before now): keeps alerts flowing on a quiet stream.",
+    )
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC-SHA256 key that signs webhook bodies (receivers verify with the same key). "
+        "Required to send webhooks; never logged.",
+    )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs webhooks may reach although private/loopback (e.g. [\"127.0.0.1/32\"] for "
+        "development). Everything else private, loopback, link-local or reserved is refused.",
+    )
+    webhook_timeout: float = Field(
+        default=5.0, description="Seconds per webhook request: longer tolerates slow receivers, stalls the loop."
+    )
+    webhook_max_attempts: int = Field(
+        default=6, description="Attempts per delivery before it is marked failed (retries use exponential backoff)."
+    )
+    webhook_backoff: float = Field(
+        default=5.0,
+        description="Seconds before the first retry, doubled per attempt (capped at 1 h): lower retries "
+        "sooner, hammers a struggling receiver more.",
+    )
+    webhook_poll: float = Field(
+        default=2.0, description="Seconds between scans of the delivery queue: lower delivers sooner, more queries."
+    )
