@@ -1,0 +1,131 @@
+"""The ingest pipeline every source shares: redact, enrich, deduplicate, publish, then remember.
+
+Order matters and is written down here once:
+
+1. redact personal data of customer-service text (before anything else sees it, logs included);
+2. enrich: ``ingested_at``, language, entities (on the redacted text);
+3. deduplicate: drop re-delivered ids and exact duplicates, link near-duplicates to their story;
+4. publish and wait for the broker's acknowledgement of every record;
+5. only then commit the dedupe state (a document that never reached Kafka is not remembered as seen).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from ingest.dedupe import Deduper
+from ingest.normalize import EntityTagger, LanguageDetector
+from ingest.pii import Redactor
+from ingest.publisher import Sink
+from ingest.settings import IngestSettings
+from riskstream.db import Database
+from schemas.records import RawDocument, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    published: list[RawDocument] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # ids dropped (exact duplicate or already seen)
+    copies: int = 0
+
+    @property
+    def ids(self) -> list[str]:
+        return [d.id for d in self.published]
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        sink: Sink,
+        *,
+        db: Database | None = None,
+        redactor: Redactor | None = None,
+        tagger: EntityTagger | None = None,
+        language: LanguageDetector | None = None,
+        deduper: Deduper | None = None,
+        dedupe: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.redactor = redactor or Redactor()
+        self.tagger = tagger or EntityTagger.from_file(settings.company_list)
+        self.language = language or LanguageDetector(settings.language_sample_chars)
+        if deduper is None and dedupe:
+            deduper = Deduper(
+                db,
+                threshold=settings.near_dup_threshold,
+                num_perm=settings.minhash_perm,
+                shingle_words=settings.shingle_words,
+                exact_channels=settings.exact_dedupe_channels,
+                near_channels=settings.near_dedupe_channels,
+                retention=timedelta(days=settings.dedupe_retention_days),
+            )
+        self.deduper = deduper
+        self.totals: dict[str, int] = {"published": 0, "duplicates": 0, "copies": 0, "redacted_docs": 0}
+
+    def prepare(self, doc: RawDocument) -> RawDocument:
+        """Redact (customer service) and enrich one document; the result is what may leave the process."""
+        update: dict[str, Any] = {}
+        text = doc.text
+        title = doc.title
+        if doc.channel == "customer_service":
+            text, counts = self.redactor.redact(text)
+            if title:
+                title, title_counts = self.redactor.redact(title)
+                for k, v in title_counts.items():
+                    counts[k] = counts.get(k, 0) + v
+            if counts:
+                merged = dict(doc.redactions)
+                for k, v in counts.items():
+                    merged[k] = merged.get(k, 0) + v
+                update.update(text=text, title=title, redactions=merged)
+                self.totals["redacted_docs"] += 1
+        if doc.ingested_at is None:
+            update["ingested_at"] = utcnow()
+        if doc.language is None:
+            update["language"] = self.language.detect(text)
+        if not doc.entities:
+            update["entities"] = self.tagger.tag(f"{title}\n{text}" if title else text)
+        return doc.model_copy(update=update) if update else doc
+
+    def ingest(self, docs: Sequence[RawDocument]) -> IngestResult:
+        """Prepare, deduplicate and publish; returns after the broker acknowledged every published document.
+
+        Raises :class:`ingest.publisher.PublishError` when some were not acknowledged (their dedupe reservations
+        are released, so a retry publishes them again).
+        """
+        result = IngestResult()
+        ready: list[RawDocument] = []
+        for doc in docs:
+            prepared = self.prepare(doc)
+            if self.deduper is not None:
+                verdict = self.deduper.assess(prepared)
+                if verdict.verdict in ("duplicate", "seen_id"):
+                    result.duplicates.append(prepared.id)
+                    continue
+                if prepared.channel in self.deduper.near_channels:
+                    prepared = prepared.model_copy(
+                        update={"story_id": verdict.story_id, "is_novel": verdict.verdict == "new"}
+                    )
+                    result.copies += verdict.verdict == "copy"
+            ready.append(prepared)
+        try:
+            self.sink.publish(ready)
+        except Exception:
+            if self.deduper is not None:
+                self.deduper.release([d.id for d in ready])
+            raise
+        if self.deduper is not None:
+            self.deduper.commit([d.id for d in ready])
+        result.published = ready
+        self.totals["published"] += len(ready)
+        self.totals["duplicates"] += len(result.duplicates)
+        self.totals["copies"] += result.copies
+        return result

@@ -1,0 +1,137 @@
+"""Publishing raw documents (and dead letters) to Kafka without losing any.
+
+kafka-python 3.x: ``enable_idempotence=True`` (the broker de-duplicates the producer's own retries), ``acks='all'``
+(every in-sync replica has the record), key = document id, UTF-8 JSON values, lz4 batches. :meth:`publish` sends a
+batch, flushes, and checks every record's future: it returns only when the broker acknowledged all of them and
+raises :class:`PublishError` naming the ids that were not, so a caller can answer 5xx or retry, never drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from kafka import KafkaProducer
+from kafka.codec import has_lz4, has_zstd
+from kafka.errors import KafkaError
+
+from ingest.settings import IngestSettings
+from schemas.records import DeadLetter, RawDocument
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """Some records were not acknowledged by the broker; ``failed`` maps their keys to the error."""
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = failed
+        first = next(iter(failed.items()))
+        super().__init__(f"{len(failed)} record(s) not acknowledged by Kafka (e.g. {first[0]}: {first[1]})")
+
+
+class Sink(Protocol):
+    """What the ingest pipeline needs from a publisher (the Kafka one, or a list in unit tests)."""
+
+    def publish(self, docs: Sequence[RawDocument]) -> None: ...
+
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _compression(name: str) -> str | None:
+    name = name.lower()
+    if name in ("", "none"):
+        return None
+    if name == "lz4" and not has_lz4():
+        log.warning("lz4 is not installed; falling back to gzip compression")
+        return "gzip"
+    if name == "zstd" and not has_zstd():
+        log.warning("zstandard is not installed; falling back to gzip compression")
+        return "gzip"
+    return name
+
+
+def encode(doc: RawDocument | DeadLetter) -> bytes:
+    return doc.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+class KafkaPublisher:
+    def __init__(self, settings: IngestSettings, *, client_id: str = "riskstream-ingest") -> None:
+        self.topic = settings.topic_raw
+        self.dlq_topic = settings.topic_dlq
+        self.timeout_s = settings.publish_timeout_s
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            retries=settings.producer_retries,
+            linger_ms=settings.linger_ms,
+            batch_size=settings.batch_bytes,
+            compression_type=_compression(settings.compression),
+            max_in_flight_requests_per_connection=5,
+            delivery_timeout_ms=int(settings.publish_timeout_s * 1000),
+            request_timeout_ms=min(30_000, int(settings.publish_timeout_s * 1000)),
+            key_serializer=lambda k: k.encode("utf-8"),
+        )
+
+    def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
+        futures: list[tuple[str, Any]] = []
+        failed: dict[str, str] = {}
+        for key, value in records:
+            try:
+                futures.append((key, self._producer.send(topic, key=key, value=value)))
+            except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
+                failed[key] = repr(exc)
+        self._producer.flush(timeout=self.timeout_s)
+        for key, future in futures:
+            try:
+                future.get(timeout=self.timeout_s)
+            except KafkaError as exc:
+                failed[key] = repr(exc)
+        if failed:
+            raise PublishError(failed)
+
+    def publish(self, docs: Sequence[RawDocument]) -> None:
+        """Send and wait for the acknowledgement of every document (raises :class:`PublishError`)."""
+        if docs:
+            self._send_all(self.topic, [(d.id, encode(d)) for d in docs])
+
+    def publish_encoded(self, records: Sequence[tuple[str, bytes]]) -> None:
+        if records:
+            self._send_all(self.topic, records)
+
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        if letters:
+            self._send_all(self.dlq_topic, [(dl.key or "dead-letter", encode(dl)) for dl in letters])
+
+    def close(self) -> None:
+        """Flush what is buffered and close (graceful shutdown)."""
+        try:
+            self._producer.flush(timeout=self.timeout_s)
+        finally:
+            self._producer.close(timeout=self.timeout_s)
+
+
+class ListSink:
+    """A sink that keeps what it is given (the test harness; no broker involved)."""
+
+    def __init__(self) -> None:
+        self.docs: list[RawDocument] = []
+        self.dead: list[DeadLetter] = []
+        self.fail_next: int = 0
+
+    def publish(self, docs: Sequence[RawDocument]) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise PublishError({d.id: "simulated broker failure" for d in docs})
+        self.docs.extend(docs)
+
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        self.dead.extend(letters)
+
+    def close(self) -> None:
+        return None
