@@ -69,14 +69,10 @@ class AlertEngine:
         self.settings = settings
         self.db = db
         self.es = make_client(settings)
-        self.file_rules: list[Rule] = (
-            load_rules_file(settings.alerts_rules_file) if settings.alerts_rules_file else []
-        )
+        self.file_rules: list[Rule] = load_rules_file(settings.alerts_rules_file) if settings.alerts_rules_file else []
         self.allow = webhooks.AllowList.parse(settings.webhook_allow)
         self.http = webhooks.make_client(settings.webhook_timeout)
-        self.policy = store.RetryPolicy(
-            max_attempts=settings.webhook_max_attempts, base_delay=settings.webhook_backoff
-        )
+        self.policy = store.RetryPolicy(max_attempts=settings.webhook_max_attempts, base_delay=settings.webhook_backoff)
         self.muted: set[str] = set()
         self.last_event = time.monotonic()
         self.evaluator: Evaluator | None = None
@@ -184,8 +180,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     table = app.Table(
         "state",
         partitions=partitions,
-        key_serializer="json",
-        value_serializer="json",
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
         use_partitioner=True,  # windows are keyed by rule + group, not by the document's partition
     )
     lateness = timedelta(seconds=settings.alerts_lateness)
@@ -239,9 +234,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     async def deliveries() -> None:
         report = await in_thread(engine.deliver)
         if report.delivered or report.retried or report.failed:
-            log.info(
-                "webhooks: %d delivered, %d to retry, %d failed", report.delivered, report.retried, report.failed
-            )
+            log.info("webhooks: %d delivered, %d to retry, %d failed", report.delivered, report.retried, report.failed)
 
     return app
 

@@ -42,7 +42,7 @@ class AlertSettings(CommonSettings):
     )
     webhook_allow: list[str] = Field(
         default_factory=list,
-        description="Hosts or CIDRs webhooks may reach although private/loopback (e.g. [\"127.0.0.1/32\"] for "
+        description='Hosts or CIDRs webhooks may reach although private/loopback (e.g. ["127.0.0.1/32"] for '
         "development). Everything else private, loopback, link-local or reserved is refused.",
     )
     webhook_timeout: float = Field(

@@ -106,7 +106,7 @@ def alerts_page(data: DataLayer, session: LoginSession) -> None:
 
 def search_page(data: DataLayer, session: LoginSession) -> None:
     st.header("Search")
-    text = st.text_input("Search text (simple query syntax: +must -not \"phrase\")")
+    text = st.text_input('Search text (simple query syntax: +must -not "phrase")')
     cols = st.columns(4)
     channel = cols[0].selectbox("Channel", ["any", "news", "customer_service"])
     sentiment = cols[1].selectbox("Sentiment", ["any", "negative", "neutral", "positive"])

@@ -243,9 +243,9 @@ class DataLayer:
     def _champion_labels(self, task: str) -> tuple[str, ...]:
         with self.db.session() as session:
             row = session.scalars(
-                select(ModelVersionRow).where(ModelVersionRow.status == "champion").order_by(
-                    ModelVersionRow.promoted_at.desc()
-                )
+                select(ModelVersionRow)
+                .where(ModelVersionRow.status == "champion")
+                .order_by(ModelVersionRow.promoted_at.desc())
             ).first()
             if row is None:
                 return ()
@@ -271,9 +271,7 @@ class DataLayer:
                 )
             )
 
-    def labeling_queue(
-        self, user: CurrentUser, task: str, *, size: int = 20, hours: float = 72
-    ) -> list[QueueItem]:
+    def labeling_queue(self, user: CurrentUser, task: str, *, size: int = 20, hours: float = 72) -> list[QueueItem]:
         """The most uncertain recent documents of the task's channel that this user has not labeled yet."""
         checked = self.require(user, "labeler")
         if task not in TASKS:

@@ -67,8 +67,11 @@ def test_rules_file_json_and_yaml(tmp_path: Path) -> None:
 
 
 def test_filters_and_groups() -> None:
-    r = rule(channel="news", filter={"topics": ["Stock Movement"], "entities": ["$ACME", "$BETA"]},
-             group_by=["entity", "topic"])
+    r = rule(
+        channel="news",
+        filter={"topics": ["Stock Movement"], "entities": ["$ACME", "$BETA"]},
+        group_by=["entity", "topic"],
+    )
     doc = scored("d1", T0, entities=("$ACME", "$BETA", "$ZED"))
     assert r.matches(doc)
     assert r.groups(doc) == [

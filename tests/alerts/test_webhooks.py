@@ -38,9 +38,26 @@ def fixed(*addresses: str) -> webhooks.Resolver:
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "10.1.2.3", "172.16.0.5", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1",
-        "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::",
-        "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.5",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "100.64.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "::",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a00:1",
+        "2002:7f00:1::",
     ],
 )
 def test_ssrf_guard_refuses_internal_ranges(address: str) -> None:
@@ -94,8 +111,9 @@ def test_send_signs_body_and_refuses_redirects() -> None:
     req = got[0]
     assert req.headers["X-Riskstream-Alert-Id"] == "al-1"
     assert json.loads(req.content) == {"a": 2, "b": 1}
-    assert verify_signature("k", req.headers["X-Riskstream-Timestamp"], req.content,
-                            req.headers["X-Riskstream-Signature"])
+    assert verify_signature(
+        "k", req.headers["X-Riskstream-Timestamp"], req.content, req.headers["X-Riskstream-Signature"]
+    )
     with pytest.raises(webhooks.DeliveryError, match="redirect"):
         webhooks.send(client, "http://127.0.0.1:9/moved", {}, alert_id="al-2", secret="k", allow=allow)
     assert len(got) == 2  # the redirect target was never requested
@@ -103,8 +121,16 @@ def test_send_signs_body_and_refuses_redirects() -> None:
 
 def _alert() -> Alert:
     start = datetime(2026, 11, 20, 10, tzinfo=UTC)
-    return Alert(id="r1-x-20261120T100000Z", rule_id="r1", rule_name="burst", window_start=start,
-                 window_end=start + timedelta(minutes=15), value=5, threshold=3, doc_count=5)
+    return Alert(
+        id="r1-x-20261120T100000Z",
+        rule_id="r1",
+        rule_name="burst",
+        window_start=start,
+        window_end=start + timedelta(minutes=15),
+        value=5,
+        threshold=3,
+        doc_count=5,
+    )
 
 
 def test_delivery_queue_retries_with_backoff_then_fails(tmp_path: Path) -> None:

@@ -1,0 +1,235 @@
+"""End to end on the real stack: scored documents on Kafka -> the real faust engine (a subprocess) -> an alert in
+Elasticsearch and on the alerts topic, a signed webhook received on 127.0.0.1 (allow-listed), a failing target
+retried from the store, and a malformed message dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from alerts import store
+from alerts.rules import alert_id, load_rule
+from alerts.settings import AlertSettings
+from alerts.webhooks import verify_signature
+from riskstream.db import Database
+from riskstream.es import make_client
+from riskstream.settings import CommonSettings
+from schemas.db import AlertDeliveryRow
+from tests.alerts.helpers import scored
+
+pytestmark = pytest.mark.services
+
+SECRET = "test-webhook-secret"
+
+
+class Receiver:
+    """A tiny webhook receiver on 127.0.0.1: /ok answers 204; /flaky answers 503 once, then 204."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.flaky_failures = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if self.path == "/flaky" and outer.flaky_failures == 0:
+                    outer.flaky_failures += 1
+                    self.send_response(503)
+                else:
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def env_for(settings: AlertSettings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(value)
+        env[f"RISKSTREAM_{name.upper()}"] = str(value)
+    return env
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if proc.poll() is not None:
+            raise AssertionError(f"engine exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
+    return AlertSettings(
+        **settings.model_dump(),
+        alerts_app_id=f"rs-alerts-test-{uuid.uuid4().hex[:8]}",
+        alerts_lateness=0,
+        alerts_idle_close=1,
+        alerts_rules_refresh=2,
+        webhook_secret=SecretStr(SECRET),
+        webhook_allow=["127.0.0.1/32"],
+        webhook_poll=0.5,
+        webhook_backoff=0.5,
+        webhook_max_attempts=4,
+        webhook_timeout=3,
+        log_level="INFO",
+    )
+
+
+@pytest.fixture
+def engine_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "engine.log"
+    yield path
+    if path.exists():  # shown by pytest only when the test fails
+        print(path.read_text()[-6000:])
+
+
+def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSettings, engine_log: Path) -> None:
+    s = engine_settings
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin.create_topics([NewTopic(t, 1, 1) for t in (s.topic_scored, s.topic_alerts, s.topic_dlq)])
+    admin.close()
+
+    with Receiver() as receiver:
+        base = f"http://127.0.0.1:{receiver.port}"
+        rule = load_rule(
+            {
+                "id": "acme-negative",
+                "name": "Negative news on ACME",
+                "channel": "news",
+                "window": "15m",
+                "metric": "negative_share",
+                "group_by": ["entity"],
+                "threshold": 0.6,
+                "min_docs": 3,
+                "severity": "critical",
+                "webhooks": [f"{base}/ok", f"{base}/flaky"],
+            }
+        )
+        db = Database(s.db_url)
+        with db.session() as session:
+            store.save_rule(session, rule, actor="test")
+            session.commit()
+
+        start = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+        docs = [
+            scored("n1", start + timedelta(minutes=1)),
+            scored("n2", start + timedelta(minutes=2)),
+            scored("n3", start + timedelta(minutes=3)),
+            scored("p1", start + timedelta(minutes=4), sentiment="positive"),
+            scored("b1", start + timedelta(minutes=5), entities=("$BETA",), sentiment="positive"),
+        ]
+        producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+        for doc in docs:
+            producer.send(s.topic_scored, key=doc.id.encode(), value=doc.model_dump_json().encode())
+        producer.send(s.topic_scored, key=b"bad", value=b"{not json")
+        producer.flush()
+        producer.close()
+
+        with engine_log.open("wb") as log:
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"],
+                env=env_for(s),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            expected_id = alert_id("acme-negative", {"entity": "$ACME"}, start)
+            es = make_client(s)
+
+            def alert_in_es() -> Any:
+                es.indices.refresh(index=s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
+                res = es.search(index=s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
+                return res["hits"]["hits"]
+
+            hits = wait_for("the alert in Elasticsearch", alert_in_es, 120, proc)
+            assert [h["_id"] for h in hits] == [expected_id]  # $BETA stayed quiet
+            alert = hits[0]["_source"]
+            assert alert["value"] == pytest.approx(0.75) and alert["doc_count"] == 4
+            assert alert["severity"] == "critical" and alert["group"] == {"entity": "$ACME"}
+            assert set(alert["sample_doc_ids"]) == {"n1", "n2", "n3", "p1"}
+
+            def delivered() -> bool:
+                with db.session() as session:
+                    rows = session.scalars(select(AlertDeliveryRow)).all()
+                    return len(rows) == 2 and all(r.status == "delivered" for r in rows)
+
+            wait_for("both webhooks delivered", delivered, 60, proc)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    ok = [r for r in receiver.requests if r["path"] == "/ok"]
+    flaky = [r for r in receiver.requests if r["path"] == "/flaky"]
+    assert len(ok) == 1 and len(flaky) == 2  # the flaky target was retried from the store once
+    for req in ok + flaky:
+        h = {k.lower(): v for k, v in req["headers"].items()}
+        assert h["x-riskstream-alert-id"] == expected_id
+        assert verify_signature(SECRET, h["x-riskstream-timestamp"], req["body"], h["x-riskstream-signature"])
+        assert json.loads(req["body"])["id"] == expected_id
+    assert not verify_signature("wrong-secret", h["x-riskstream-timestamp"], req["body"], h["x-riskstream-signature"])
+    with db.session() as session:
+        rows = {r.target.rsplit("/", 1)[1]: r for r in session.scalars(select(AlertDeliveryRow))}
+    assert rows["ok"].attempts == 1
+    assert rows["flaky"].attempts == 2 and rows["flaky"].last_error is None
+    db.dispose()
+
+    consumer = KafkaConsumer(
+        s.topic_alerts, s.topic_dlq, bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, enable_auto_commit=False,
+    )  # fmt: skip
+    by_topic: dict[str, list[Any]] = {}
+    for msg in consumer:
+        by_topic.setdefault(msg.topic, []).append(msg)
+    consumer.close()
+    assert [m.key.decode() for m in by_topic[s.topic_alerts]] == [expected_id]
+    (letter,) = by_topic[s.topic_dlq]
+    dead = json.loads(letter.value)
+    assert dead["stage"] == "alerts" and dead["reason"] == "invalid_json" and dead["payload"] == "{not json"
