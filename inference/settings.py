@@ -1,0 +1,118 @@
+"""Settings of the inference worker, ``riskstream score`` and the inference benchmarks.
+
+Every field is an environment variable (``RISKSTREAM_<NAME>``) and a CLI flag (``--name``); the description
+states the trade-off, and is the flag's help text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from riskstream.settings import CommonSettings
+
+Precision = Literal["fp32", "bf16", "fp16", "int8", "auto"]
+DevicePref = Literal["auto", "cpu", "cuda"]
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class EngineSettings(CommonSettings):
+    """How the model runs: device, precision, threads and batch shapes."""
+
+    device: DevicePref = Field(
+        default="auto",
+        description="Where to run the model: auto picks cuda when a GPU is visible, else cpu. Force cpu to keep a "
+        "GPU free for training.",
+    )
+    precision: Precision = Field(
+        default="auto",
+        description="Numeric precision. auto: bf16 (fp16 if bf16 is unsupported) on GPU, fp32 on CPU. bf16 "
+        "autocast and int8 (dynamic quantization of the encoder's Linear layers, CPU only) are the CPU fast paths: "
+        "2-3x the throughput for a small, measured accuracy change (see `riskstream bench inference`).",
+    )
+    torch_threads: int = Field(
+        default_factory=_default_threads,
+        description="torch intra-op threads (default: the cores this process may use). Fewer leaves room for "
+        "other processes on the machine; more than the physical cores only adds contention.",
+    )
+    token_budget: int = Field(
+        default=4096,
+        description="Max padded tokens (rows x longest row) in one forward pass. Larger batches amortise "
+        "overheads and fill a GPU better; smaller ones cut latency and memory.",
+    )
+    max_batch_docs: int = Field(
+        default=128, description="Max documents in one forward pass, whatever their length (caps padding waste)."
+    )
+    sort_window: int = Field(
+        default=1024,
+        description="How many pending documents are sorted by length before packing (length bucketing). Larger "
+        "windows pad less; results are always returned in input order.",
+    )
+    max_length: int | None = Field(
+        default=None,
+        description="Truncate documents to this many tokens (default: the bundle's max_length). Longer is more "
+        "faithful on long articles, and quadratically dearer in attention.",
+    )
+    topk_probs: int = Field(
+        default=5,
+        description="For label sets larger than 10, keep only the top-k probabilities in the output (small "
+        "documents in Elasticsearch); smaller sets always keep all.",
+    )
+    bundle: Path | None = Field(
+        default=None,
+        description="Serve this bundle directory instead of the registry's champion (no hot swap then).",
+    )
+
+
+class WorkerSettings(EngineSettings):
+    """The streaming worker: Kafka in, Elasticsearch and Kafka out."""
+
+    group_id: str = Field(
+        default="riskstream-inference",
+        description="Kafka consumer group. Workers with the same group share the raw topic's partitions.",
+    )
+    max_wait_ms: int = Field(
+        default=200,
+        description="Max time to wait for a micro-batch to fill before scoring what arrived. Lower is lower "
+        "latency at light load; higher gives fuller (cheaper) batches.",
+    )
+    batch_token_budget: int = Field(
+        default=16384,
+        description="A micro-batch (one commit unit) closes when its documents hold this many tokens (estimated "
+        "from characters) or after max_wait_ms. The engine splits it into forward passes of token_budget.",
+    )
+    max_batch_messages: int = Field(
+        default=512, description="Max messages in one micro-batch (one ES bulk request, one commit)."
+    )
+    poll_max_records: int = Field(default=500, description="max_poll_records of the Kafka consumer.")
+    hotswap_interval_s: float = Field(
+        default=10.0,
+        description="How often the registry is polled for a new champion (0 = never). Shorter notices a promotion "
+        "sooner at the cost of one small SQL query per interval.",
+    )
+    es_retry_max_s: float = Field(
+        default=30.0,
+        description="Max backoff between retries of a failed Elasticsearch bulk write. While it fails the worker "
+        "pauses its partitions (stays in the group) and retries forever: documents are never dropped.",
+    )
+    es_bulk_timeout_s: float = Field(default=30.0, description="Timeout of one Elasticsearch bulk request.")
+    metrics_port: int = Field(
+        default=0,
+        description="Port of the Prometheus /metrics endpoint on 127.0.0.1 (0 = off). One port per worker process.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint binds to.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a new consumer group starts: earliest scores the backlog, latest only new documents.",
+    )
+    idle_exit_s: float = Field(
+        default=0.0,
+        description="Exit cleanly after this many seconds without messages (0 = run forever). For batch jobs "
+        "and benchmarks.",
+    )
