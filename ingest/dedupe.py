@@ -33,6 +33,8 @@ from schemas.records import RawDocument
 
 log = logging.getLogger(__name__)
 
+# datasketch 2.x names the permutation scheme; stored signatures are only comparable within one scheme
+MINHASH_SCHEME = "affine32"
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 Verdict = Literal["new", "copy", "duplicate", "seen_id"]
 
@@ -121,7 +123,7 @@ class Deduper:
                 if blob and channel in self.near_channels:
                     values = np.frombuffer(blob, dtype=np.uint64)
                     if len(values) == self.num_perm:
-                        self._index(channel).insert(doc_id, MinHash(num_perm=self.num_perm, hashvalues=values))
+                        self._index(channel).insert(doc_id, MinHash(hashvalues=values, scheme=MINHASH_SCHEME))
                 n += 1
         log.info("dedupe state loaded: %d documents of the last %s", n, self.retention)
 
@@ -129,7 +131,7 @@ class Deduper:
         words = WORD_RE.findall(text.casefold())
         k = self.shingle_words
         shingles = {" ".join(words[i : i + k]) for i in range(max(1, len(words) - k + 1))}
-        mh = MinHash(num_perm=self.num_perm)
+        mh = MinHash(num_perm=self.num_perm, scheme=MINHASH_SCHEME)
         mh.update_batch([s.encode("utf-8") for s in shingles])
         return mh
 

@@ -5,7 +5,7 @@ every document of it was acknowledged by Kafka and every bad line went to the de
 mid-file means the file is read again (ids are stable: a row's own id, else the file digest and line). A file
 modified in the last ``files_settle_s`` seconds is left for the next scan (it may still be being written).
 Bad lines (invalid JSON, missing or empty text, wrong types) are counted and sent to the DLQ as
-``DeadLetter(stage="ingest")``.
+``DeadLetter(stage="ingest")``, their payload PII-redacted like the documents (the DLQ is Kafka too).
 """
 
 from __future__ import annotations
@@ -149,12 +149,18 @@ class DirectoryWatcher:
             if row is not None:
                 try:
                     docs.append(_row_to_doc(row, self.source, f"{digest[:16]}-{lineno}"))
-                except (ValidationError, ValueError) as exc:
-                    error = f"schema_violation: {exc}".replace("\n", " ")
+                except ValidationError as exc:
+                    fields = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                        for e in exc.errors(include_input=False, include_url=False)
+                    )
+                    error = f"schema_violation: {fields}"
+                except ValueError as exc:
+                    error = f"schema_violation: {exc}"
             if error is not None:
                 reason = error.split(":", 1)[0]
                 dead.append(DeadLetter(reason=reason, error=error, stage="ingest", key=f"{path.name}:{lineno}",
-                                       payload=raw[:10_000]))
+                                       payload=self.ingestor.redactor.redact(raw[:10_000])[0]))
             if len(docs) >= BATCH:
                 result = self.ingestor.ingest(docs)
                 published += len(result.published)

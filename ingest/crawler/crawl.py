@@ -26,6 +26,7 @@ from schemas.records import RawDocument
 log = logging.getLogger(__name__)
 
 TAG_RE = re.compile(r"<[^>]+>")
+POLICY_REFUSALS = frozenset({"disallowed_by_robots", "host_not_allowed", "scheme_not_allowed"})
 
 
 @dataclass
@@ -87,6 +88,8 @@ class Crawler:
             except FetchError as exc:
                 stats.skipped[exc.reason] += 1
                 log.info("article %s not fetched: %s", link, exc)
+                if exc.reason in POLICY_REFUSALS:
+                    return None  # the site asked not to be crawled there: not even the teaser is kept
             except UndecodablePageError as exc:
                 stats.skipped["undecodable"] += 1
                 log.warning("article %s skipped: undecodable page (%s)", link, exc)

@@ -1,0 +1,73 @@
+"""PII redaction: checksum-backed detectors, hard negatives, and the figures on the labeled set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.pii import DATA_DIR, Redactor, evaluate
+
+
+@pytest.fixture(scope="module")
+def redactor() -> Redactor:
+    return Redactor()
+
+
+def test_luhn_valid_card_is_redacted_in_every_layout(redactor: Redactor) -> None:
+    for card in ("4539 1488 0343 6467", "4539-1488-0343-6467", "4539148803436467", "3714 496353 98431"):
+        text, counts = redactor.redact(f"my card {card} was charged twice")
+        assert card not in text
+        assert counts == {"CARD": 1}
+        assert "[CARD]" in text
+
+
+def test_order_number_failing_luhn_is_kept(redactor: Redactor) -> None:
+    text, counts = redactor.redact("order 4539148803436468 has not arrived")
+    assert "4539148803436468" in text
+    assert counts == {}
+
+
+def test_iban_checksum_decides(redactor: Redactor) -> None:
+    text, counts = redactor.redact("send it to GB82 WEST 1234 5698 7654 32 today")
+    assert text == "send it to [IBAN] today" and counts == {"IBAN": 1}
+    # one digit off: the mod-97 check fails, nothing is redacted as an IBAN
+    text, counts = redactor.redact("send it to GB83 WEST 1234 5698 7654 32 today")
+    assert "IBAN" not in counts
+
+
+def test_email_phone_account_and_sort_code(redactor: Redactor) -> None:
+    text, counts = redactor.redact(
+        "Email jane.doe@example.co.uk or call +44 20 7946 0958; account number 12345678, sort code 20-00-00."
+    )
+    assert text == "Email [EMAIL] or call [PHONE]; account number [ACCOUNT], sort code [ACCOUNT]."
+    assert counts == {"EMAIL": 1, "PHONE": 1, "ACCOUNT": 2}
+
+
+def test_bare_digit_runs_are_not_phone_numbers(redactor: Redactor) -> None:
+    for text in ("transaction ID 883920174 appears twice", "I paid 1250.00 on 04/11/2026 at 7:45pm, ticket 55321"):
+        assert redactor.redact(text) == (text, {})
+
+
+def test_names_with_cues_and_without(redactor: Redactor) -> None:
+    text, counts = redactor.redact("Hi, my name is Sarah Connor. I spoke to Mr. Patel. Thanks, James")
+    assert text == "Hi, my name is [NAME]. I spoke to Mr. [NAME]. Thanks, [NAME]"
+    assert counts == {"NAME": 3}
+    # capitalised words after a cue that are not names stay
+    assert redactor.redact("I am Not happy with this. Thanks, Customer Service")[1] == {}
+
+
+def test_labeled_set_figures() -> None:
+    """The committed set (>= 200 snippets): checksum-backed types must be near perfect, names are best effort."""
+    path = DATA_DIR / "pii_eval.jsonl"
+    examples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(examples) >= 200
+    report = evaluate(Redactor(), examples)
+    per_type = report["per_type"]
+    assert isinstance(per_type, dict)
+    for kind in ("CARD", "IBAN", "ACCOUNT", "PHONE"):
+        assert per_type[kind]["recall"] >= 0.95, (kind, per_type[kind])
+        assert per_type[kind]["precision"] >= 0.95, (kind, per_type[kind])
+    assert per_type["EMAIL"]["precision"] >= 0.95
+    assert per_type["NAME"]["recall"] >= 0.7
+    assert per_type["NAME"]["precision"] >= 0.9
