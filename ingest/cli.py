@@ -47,10 +47,12 @@ def runtime(settings: IngestSettings, *, dedupe: bool = True) -> Iterator[Any]:
 
     db = Database(settings.db_url)
     publisher = KafkaPublisher(settings)
+    ingestor = Ingestor(settings, publisher, db=db, dedupe=dedupe)
     try:
-        yield db, Ingestor(settings, publisher, db=db, dedupe=dedupe)
+        yield db, ingestor
     finally:
-        publisher.close()
+        ingestor.close()
+        publisher.close()  # flush: everything handed to the producer is delivered or reported before exit
         db.dispose()
 
 

@@ -96,7 +96,7 @@ def parse_datetime(value: Any) -> datetime | None:
 class LanguageDetector:
     """py3langid on a bounded prefix of the text (cost grows with length; the first few hundred chars suffice)."""
 
-    def __init__(self, sample_chars: int = 400) -> None:
+    def __init__(self, sample_chars: int = 200) -> None:
         from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
         self.sample_chars = sample_chars
@@ -115,6 +115,26 @@ class LanguageDetector:
 # ---- entities ---------------------------------------------------------------------------------------------------
 
 CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?![\w])")
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """A regex matching any of ``words``, longest alternatives first at every branch (a prefix trie)."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = True
+
+    def build(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        ends_here = "" in node
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if ends_here else body
+
+    return build(trie)
 
 
 @dataclass(frozen=True)
@@ -143,9 +163,14 @@ class EntityTagger:
         for company in companies:
             for alias in company.aliases:
                 self._by_alias.setdefault(alias, company.name)
-        aliases = sorted(self._by_alias, key=len, reverse=True)
+        aliases = list(self._by_alias)
+        # one trie-shaped pattern (shared prefixes factored out), tried only where an alias can start: a few
+        # hundred aliases then cost about as much as one word lookup per capitalised word
+        first_chars = "".join(sorted({re.escape(a[0]) for a in aliases}))
         self._company_re = (
-            re.compile(r"(?<![\w])(" + "|".join(re.escape(a) for a in aliases) + r")(?![\w])") if aliases else None
+            re.compile(r"(?<![\w])(?=[" + first_chars + r"])(" + _trie_pattern(aliases) + r")(?![\w])")
+            if aliases
+            else None
         )
 
     @classmethod

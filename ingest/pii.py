@@ -61,6 +61,8 @@ SIGNOFF_RE = re.compile(
     r"[Ss]incerely|[Yy]ours sincerely|[Mm]any thanks)\s*[,.!-]?\s*(?P<name>" + NAME_WORD + r"(?:\s+" + NAME_WORD
     + r")?)\s*[.!]?\s*$"
 )
+# a run of digits with phone punctuation, optionally led by + or (; a window for the phone matcher
+PHONE_WINDOW_RE = re.compile(r"[+(]?\d[\d \t().\-/]{4,24}\d(?:\s*(?:ext\.?|x)\s*\d{1,5})?")
 PHONE_SHAPE_RE = re.compile(r"^\+|^\(|\d[ .\-/()]+\d")
 PHONE_CUE_RE = re.compile(r"(?:phone|call|tel|mobile|cell|landline|ring|text|whatsapp|number|on)\W{0,12}$", re.I)
 CAP_PAIR_RE = re.compile(r"\b(?P<first>[A-Z][a-z]+)\s+(?P<last>[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?)\b")
@@ -125,24 +127,30 @@ class Redactor:
             yield Span(m.start("num"), m.end("num"), "ACCOUNT")
 
     def _phones(self, text: str) -> Iterable[Span]:
+        # phonenumbers' matcher is slow on long texts: run it only on the windows where a phone-shaped run of
+        # digits is (a cheap regex), with the window's offset added back
+        for window in PHONE_WINDOW_RE.finditer(text):
+            if sum(c.isdigit() for c in window.group(0)) < 6:
+                continue
+            yield from self._phones_in(text, window.start(), window.group(0))
+
+    def _phones_in(self, text: str, offset: int, chunk: str) -> Iterable[Span]:
         for region in self.regions:
-            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-                raw = match.raw_string
+            for match in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=phonenumbers.Leniency.VALID):
+                start, end = offset + match.start, offset + match.end
                 # a bare digit run ("transaction ID 883920174") is a valid number somewhere: only take it when it
                 # is written like a phone number or a phone word precedes it
-                before = text[max(0, match.start - 30) : match.start]
-                if (match.start > 0 and text[match.start - 1].isdigit()) or (
-                    match.end < len(text) and text[match.end].isdigit()
-                ):
+                before = text[max(0, start - 30) : start]
+                if (start > 0 and text[start - 1].isdigit()) or (end < len(text) and text[end].isdigit()):
                     continue
-                if not (PHONE_SHAPE_RE.search(raw) or PHONE_CUE_RE.search(before)):
+                if not (PHONE_SHAPE_RE.search(match.raw_string) or PHONE_CUE_RE.search(before)):
                     continue
-                yield Span(match.start, match.end, "PHONE")
+                yield Span(start, end, "PHONE")
         # international format is unambiguous enough to accept numbers outside the metadata's assigned ranges
-        for match in phonenumbers.PhoneNumberMatcher(text, "ZZ", leniency=phonenumbers.Leniency.POSSIBLE):
+        for match in phonenumbers.PhoneNumberMatcher(chunk, "ZZ", leniency=phonenumbers.Leniency.POSSIBLE):
             digits = sum(c.isdigit() for c in match.raw_string)
             if match.raw_string.startswith("+") and 10 <= digits <= 15:
-                yield Span(match.start, match.end, "PHONE")
+                yield Span(offset + match.start, offset + match.end, "PHONE")
 
     def _names(self, text: str) -> Iterable[Span]:
         for regex in (TITLE_RE, INTRO_RE, SIGNOFF_RE):

@@ -12,9 +12,12 @@ Order matters and is written down here once:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from ingest.dedupe import Deduper
@@ -26,6 +29,48 @@ from riskstream.db import Database
 from schemas.records import RawDocument, utcnow
 
 log = logging.getLogger(__name__)
+
+POOL_CHUNK = 64
+
+
+def prepare_document(
+    doc: RawDocument, redactor: Redactor, tagger: EntityTagger, language: LanguageDetector
+) -> RawDocument:
+    """Redact (customer service) and enrich one document; the result is what may leave the process."""
+    update: dict[str, Any] = {}
+    text = doc.text
+    title = doc.title
+    if doc.channel == "customer_service":
+        text, counts = redactor.redact(text)
+        if title:
+            title, title_counts = redactor.redact(title)
+            for k, v in title_counts.items():
+                counts[k] = counts.get(k, 0) + v
+        if counts:
+            merged = dict(doc.redactions)
+            for k, v in counts.items():
+                merged[k] = merged.get(k, 0) + v
+            update.update(text=text, title=title, redactions=merged)
+    if doc.ingested_at is None:
+        update["ingested_at"] = utcnow()
+    if doc.language is None:
+        update["language"] = language.detect(text)
+    if not doc.entities:
+        update["entities"] = tagger.tag(f"{title}\n{text}" if title else text)
+    return doc.model_copy(update=update) if update else doc
+
+
+_WORKER: tuple[Redactor, EntityTagger, LanguageDetector] | None = None
+
+
+def _pool_init(company_list: Path, sample_chars: int) -> None:
+    global _WORKER  # noqa: PLW0603 - one set of detectors per worker process, built once
+    _WORKER = (Redactor(), EntityTagger.from_file(company_list), LanguageDetector(sample_chars))
+
+
+def _pool_prepare(docs: list[RawDocument]) -> list[RawDocument]:
+    assert _WORKER is not None
+    return [prepare_document(d, *_WORKER) for d in docs]
 
 
 @dataclass
@@ -69,31 +114,31 @@ class Ingestor:
             )
         self.deduper = deduper
         self.totals: dict[str, int] = {"published": 0, "duplicates": 0, "copies": 0, "redacted_docs": 0}
+        self._pool: ProcessPoolExecutor | None = None
+        if settings.prepare_workers > 1:
+            # spawn, not fork: the parent holds a Kafka producer's threads and sockets
+            self._pool = ProcessPoolExecutor(
+                settings.prepare_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_pool_init,
+                initargs=(settings.company_list, settings.language_sample_chars),
+            )
 
     def prepare(self, doc: RawDocument) -> RawDocument:
         """Redact (customer service) and enrich one document; the result is what may leave the process."""
-        update: dict[str, Any] = {}
-        text = doc.text
-        title = doc.title
-        if doc.channel == "customer_service":
-            text, counts = self.redactor.redact(text)
-            if title:
-                title, title_counts = self.redactor.redact(title)
-                for k, v in title_counts.items():
-                    counts[k] = counts.get(k, 0) + v
-            if counts:
-                merged = dict(doc.redactions)
-                for k, v in counts.items():
-                    merged[k] = merged.get(k, 0) + v
-                update.update(text=text, title=title, redactions=merged)
-                self.totals["redacted_docs"] += 1
-        if doc.ingested_at is None:
-            update["ingested_at"] = utcnow()
-        if doc.language is None:
-            update["language"] = self.language.detect(text)
-        if not doc.entities:
-            update["entities"] = self.tagger.tag(f"{title}\n{text}" if title else text)
-        return doc.model_copy(update=update) if update else doc
+        return prepare_document(doc, self.redactor, self.tagger, self.language)
+
+    def prepare_many(self, docs: Sequence[RawDocument]) -> list[RawDocument]:
+        """``prepare`` for a batch, spread over the worker processes when there are several."""
+        if self._pool is None or len(docs) < 2 * POOL_CHUNK:
+            return [self.prepare(d) for d in docs]
+        chunks = [list(docs[i : i + POOL_CHUNK]) for i in range(0, len(docs), POOL_CHUNK)]
+        return [d for chunk in self._pool.map(_pool_prepare, chunks) for d in chunk]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def ingest(self, docs: Sequence[RawDocument]) -> IngestResult:
         """Prepare, deduplicate and publish; returns after the broker acknowledged every published document.
@@ -103,8 +148,10 @@ class Ingestor:
         """
         result = IngestResult()
         ready: list[RawDocument] = []
-        for doc in docs:
-            prepared = self.prepare(doc)
+        for doc in self.prepare_many(docs):
+            prepared = doc
+            if prepared.redactions:
+                self.totals["redacted_docs"] += 1
             if self.deduper is not None:
                 verdict = self.deduper.assess(prepared)
                 if verdict.verdict in ("duplicate", "seen_id"):

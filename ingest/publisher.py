@@ -62,7 +62,8 @@ class KafkaPublisher:
     def __init__(self, settings: IngestSettings, *, client_id: str = "riskstream-ingest") -> None:
         self.topic = settings.topic_raw
         self.dlq_topic = settings.topic_dlq
-        self.timeout_s = settings.publish_timeout_s
+        self.timeout_s = settings.publish_timeout_s + 5.0  # waits outlive the producer's own delivery timeout
+        delivery_ms = max(2_000 + settings.linger_ms, int(settings.publish_timeout_s * 1000))
         self._producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             client_id=client_id,
@@ -73,8 +74,9 @@ class KafkaPublisher:
             batch_size=settings.batch_bytes,
             compression_type=_compression(settings.compression),
             max_in_flight_requests_per_connection=5,
-            delivery_timeout_ms=int(settings.publish_timeout_s * 1000),
-            request_timeout_ms=min(30_000, int(settings.publish_timeout_s * 1000)),
+            # a record is acknowledged or failed within the publish timeout (the producer retries inside it)
+            delivery_timeout_ms=delivery_ms,
+            request_timeout_ms=max(1000, min(30_000, delivery_ms // 2 - settings.linger_ms)),
             key_serializer=lambda k: k.encode("utf-8"),
         )
 
