@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from elastic_transport import TransportError
+from elasticsearch import ApiError
 
 from dashboard.auth import AuthError, LoginSession, LoginThrottle, PermissionDeniedError, authenticate
 from dashboard.data import TASKS, DataLayer, NotFoundError
@@ -26,6 +28,7 @@ PAGES: dict[str, str] = {
     "Admin": "admin",
 }
 RANK = {"viewer": 0, "labeler": 1, "admin": 2}
+SESSION_KEY = "auth_session"
 
 
 @st.cache_resource
@@ -46,7 +49,7 @@ def resources() -> tuple[DashboardSettings, DataLayer, LoginThrottle]:
 
 def login_page(settings: DashboardSettings, data: DataLayer, throttle: LoginThrottle) -> None:
     st.title("riskstream")
-    with st.form("login"):
+    with st.form("login_form"):
         username = st.text_input("Username")
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Log in")
@@ -57,7 +60,7 @@ def login_page(settings: DashboardSettings, data: DataLayer, throttle: LoginThro
         except AuthError as exc:
             st.error(str(exc))
             return
-        st.session_state["login"] = LoginSession(user=user, idle_seconds=settings.dashboard_session_idle)
+        st.session_state[SESSION_KEY] = LoginSession(user=user, idle_seconds=settings.dashboard_session_idle)
         st.rerun()
 
 
@@ -83,11 +86,11 @@ def live_risk(data: DataLayer, session: LoginSession) -> None:
     if not topics.empty:
         st.subheader("Topics: volume and mean risk")
         st.bar_chart(topics.set_index("topic")["mean_risk"])
-        st.dataframe(topics, hide_index=True, use_container_width=True)
+        st.dataframe(topics, hide_index=True, width="stretch")
     entities = pd.DataFrame(overview["entities"])
     if not entities.empty:
         st.subheader("Most negative entities")
-        st.dataframe(entities, hide_index=True, use_container_width=True)
+        st.dataframe(entities, hide_index=True, width="stretch")
 
 
 def alerts_page(data: DataLayer, session: LoginSession) -> None:
@@ -101,7 +104,7 @@ def alerts_page(data: DataLayer, session: LoginSession) -> None:
     frame = pd.DataFrame(rows)[
         ["window_start", "severity", "rule_name", "value", "threshold", "doc_count", "group", "message", "id"]
     ]
-    st.dataframe(frame, hide_index=True, use_container_width=True)
+    st.dataframe(frame, hide_index=True, width="stretch")
 
 
 def search_page(data: DataLayer, session: LoginSession) -> None:
@@ -174,7 +177,7 @@ def admin_page(data: DataLayer, session: LoginSession) -> None:
     st.header("Admin")
     users_tab, rules_tab = st.tabs(["Users", "Alert rules"])
     with users_tab:
-        st.dataframe(pd.DataFrame(data.list_users(session.user)), hide_index=True, use_container_width=True)
+        st.dataframe(pd.DataFrame(data.list_users(session.user)), hide_index=True, width="stretch")
         with st.form("add_user", clear_on_submit=True):
             st.subheader("Add a user")
             name = st.text_input("Username")
@@ -251,9 +254,9 @@ RENDER: dict[str, Any] = {
 def main() -> None:
     st.set_page_config(page_title="riskstream", layout="wide")
     settings, data, throttle = resources()
-    session: LoginSession | None = st.session_state.get("login")
+    session: LoginSession | None = st.session_state.get(SESSION_KEY)
     if session is not None and not session.touch():
-        del st.session_state["login"]
+        del st.session_state[SESSION_KEY]
         st.warning("Your session expired; please log in again.")
         session = None
     if session is None:
@@ -262,13 +265,13 @@ def main() -> None:
     try:
         user = data.require(session.user, "viewer")  # role changes and deactivation apply immediately
     except PermissionDeniedError as exc:
-        del st.session_state["login"]
+        del st.session_state[SESSION_KEY]
         st.error(str(exc))
         return
     with st.sidebar:
         st.write(f"Logged in as **{user.username}** ({user.role})")
         if st.button("Log out"):
-            del st.session_state["login"]
+            del st.session_state[SESSION_KEY]
             st.rerun()
         allowed = [p for p, role in PAGES.items() if RANK[user.role] >= RANK[role]]
         page = st.radio("Page", allowed)
@@ -278,6 +281,8 @@ def main() -> None:
         st.error(f"Not allowed: {exc}")
     except (ValueError, NotFoundError) as exc:
         st.error(str(exc))
+    except (TransportError, ApiError) as exc:
+        st.error(f"Elasticsearch is unavailable or refused the query: {type(exc).__name__}. Try again shortly.")
 
 
 main()

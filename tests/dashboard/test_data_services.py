@@ -156,11 +156,11 @@ def test_login_page_refuses_wrong_password_and_admits_the_right_one(
     app.text_input[1].input("wrong password!")
     app.button[0].click().run()
     assert any("invalid username or password" in e.value for e in app.error)
-    assert "login" not in app.session_state
+    assert "auth_session" not in app.session_state
     app.text_input[1].input(PASSWORD)
     app.button[0].click().run()
     assert not app.exception
-    assert isinstance(app.session_state["login"].user, CurrentUser)
+    assert isinstance(app.session_state["auth_session"].user, CurrentUser)
     assert any("Logged in as" in m.value for m in app.sidebar.markdown)
     assert "Labeling queue" in app.sidebar.radio[0].options and "Admin" not in app.sidebar.radio[0].options
     st.cache_resource.clear()
