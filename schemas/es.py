@@ -33,6 +33,10 @@ def _prediction_mapping() -> dict[str, Any]:
     }
 
 
+# Text fields use the built-in ``standard`` analyzer: the integ-test distribution has no analysis-common module,
+# so language analyzers (``english``) make the template invalid there.
+
+
 def docs_mappings() -> dict[str, Any]:
     return {
         "dynamic": "strict",
@@ -42,8 +46,8 @@ def docs_mappings() -> dict[str, Any]:
             "id": _KEYWORD,
             "channel": {"type": "keyword"},
             "source": _KEYWORD,
-            "text": {"type": "text", "analyzer": "english"},
-            "title": {"type": "text", "analyzer": "english", "fields": {"raw": _KEYWORD}},
+            "text": {"type": "text", "analyzer": "standard"},
+            "title": {"type": "text", "analyzer": "standard", "fields": {"raw": _KEYWORD}},
             "url": {"type": "keyword", "ignore_above": 4000},
             "published_at": _DATE,
             "ingested_at": _DATE,
