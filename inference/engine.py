@@ -109,9 +109,17 @@ class Engine:
         if placement.precision == "int8":
             if placement.is_cuda:
                 raise ValueError("int8 dynamic quantization runs on CPU only")
-            from torch.ao.quantization import quantize_dynamic
+            import warnings
 
-            encoder = quantize_dynamic(encoder.to("cpu"), {nn.Linear}, dtype=torch.qint8, inplace=False)
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+            # per-channel weight scales: measured closer to fp32 than per-tensor on MiniLM (whose FFN weights have
+            # outlier channels), and no slower
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                encoder = quantize_dynamic(
+                    encoder.to("cpu"), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=False
+                )
         else:
             encoder = encoder.to(placement.device, dtype=placement.weight_dtype)
         heads = heads.to(placement.device, dtype=torch.float32)

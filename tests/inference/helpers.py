@@ -1,0 +1,198 @@
+"""Helpers of the worker tests: topics, producing, reading ES and the DLQ, the registry, a TCP proxy."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from riskstream.settings import CommonSettings
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def create_topics(settings: CommonSettings, partitions: int = 3) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
+    try:
+        for topic in (settings.topic_raw, settings.topic_scored, settings.topic_dlq):
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def produce(settings: CommonSettings, messages: Iterable[tuple[str | None, bytes]]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all")
+    for key, value in messages:
+        producer.send(settings.topic_raw, key=key.encode() if key else None, value=value)
+    producer.flush(30)
+    producer.close()
+
+
+def good_docs(prefix: str, n: int) -> list[tuple[str | None, bytes]]:
+    out: list[tuple[str | None, bytes]] = []
+    for i in range(n):
+        channel = "news" if i % 2 == 0 else "customer_service"
+        doc = {"id": f"{prefix}-{i}", "channel": channel, "source": "test", "text": f"Document {i}: shares fell {i}%"}
+        out.append((doc["id"], json.dumps(doc).encode()))
+    return out
+
+
+def es_docs(settings: CommonSettings, **query: Any) -> list[dict[str, Any]]:
+    from riskstream.es import make_client
+
+    client = make_client(settings)
+    if not client.indices.exists_alias(name=settings.es_docs_alias):
+        return []
+    client.indices.refresh(index=settings.es_docs_alias)
+    resp = client.search(index=settings.es_docs_alias, size=10_000, query=query or {"match_all": {}})
+    return [dict(h["_source"], _index=h["_index"], _id=h["_id"]) for h in resp["hits"]["hits"]]
+
+
+def es_count(settings: CommonSettings) -> int:
+    return len(es_docs(settings))
+
+
+def read_topic(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    out = [json.loads(r.value) for r in consumer]
+    consumer.close()
+    return out
+
+
+def register(settings: CommonSettings, version: str, path: Path, digest: str, *, promoted_at: datetime | None = None,
+             retire_others: bool = True) -> None:
+    """Make ``version`` the champion (the write side belongs to finetune; tests insert the row directly)."""
+    from sqlalchemy import update
+
+    from riskstream.db import Database
+    from schemas.db import ModelVersionRow
+
+    db = Database(settings.db_url)
+    with db.session() as session:
+        if retire_others:
+            session.execute(update(ModelVersionRow).where(ModelVersionRow.status == "champion").values(status="retired"))
+        session.add(
+            ModelVersionRow(
+                version=version,
+                base_model="all-MiniLM-L6-v2",
+                status="champion",
+                artifact_path=str(path),
+                artifact_sha256=digest,
+                data_fingerprint="0" * 64,
+                config={},
+                metrics={},
+                promoted_at=promoted_at or datetime.now(tz=UTC),
+            )
+        )
+        session.commit()
+
+
+def settings_env(settings: Any) -> dict[str, str]:
+    """The RISKSTREAM_* environment that reproduces ``settings`` in a subprocess."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"RISKSTREAM_{name.upper()}"] = str(value)
+    return env
+
+
+class TcpProxy:
+    """A loopback TCP forwarder in front of a real service; ``block()`` cuts it off, ``unblock()`` restores it."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.blocked = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.blocked.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def block(self) -> None:
+        self.blocked.set()
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+                except OSError:
+                    pass
+            self._conns.clear()
+
+    def unblock(self) -> None:
+        self.blocked.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self.block()
+        self.server.close()

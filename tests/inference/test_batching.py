@@ -1,0 +1,81 @@
+"""Pure batching logic: token budget, bucketing, max wait, every item answered exactly once."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from inference.batching import MicroBatcher, pack_by_budget, padding_ratio
+
+
+def test_every_index_lands_in_exactly_one_pack() -> None:
+    rng = random.Random(7)
+    lengths = [rng.randint(1, 200) for _ in range(1000)]
+    packs = pack_by_budget(lengths, token_budget=2048, max_docs=64, sort_window=256)
+    flat = sorted(i for p in packs for i in p)
+    assert flat == list(range(1000))
+
+
+def test_packs_respect_token_budget_and_doc_cap() -> None:
+    rng = random.Random(3)
+    lengths = [rng.randint(5, 120) for _ in range(500)]
+    packs = pack_by_budget(lengths, token_budget=1000, max_docs=16)
+    for pack in packs:
+        assert len(pack) <= 16
+        assert len(pack) * max(lengths[i] for i in pack) <= 1000
+
+
+def test_a_document_longer_than_the_budget_gets_its_own_pack() -> None:
+    packs = pack_by_budget([10, 5000, 10], token_budget=100, max_docs=8)
+    assert [1] in packs
+    assert sorted(i for p in packs for i in p) == [0, 1, 2]
+
+
+def test_length_bucketing_cuts_padding() -> None:
+    rng = random.Random(11)
+    lengths = [rng.choice([8, 8, 9, 120]) for _ in range(512)]
+    unsorted = [list(range(i, i + 32)) for i in range(0, 512, 32)]
+    bucketed = pack_by_budget(lengths, token_budget=32 * 128, max_docs=32)
+    assert padding_ratio(lengths, bucketed) < 0.2
+    assert padding_ratio(lengths, unsorted) > 0.5
+
+
+def test_sort_window_limits_reordering_to_the_window() -> None:
+    lengths = [50, 40, 30, 20, 10, 5]
+    packs = pack_by_budget(lengths, token_budget=10_000, max_docs=100, sort_window=3)
+    assert packs == [[2, 1, 0], [5, 4, 3]]
+
+
+def test_invalid_budget_is_refused() -> None:
+    with pytest.raises(ValueError):
+        pack_by_budget([1], token_budget=0, max_docs=1)
+
+
+def test_micro_batch_closes_on_token_budget() -> None:
+    b: MicroBatcher[str] = MicroBatcher(token_budget=100, max_items=1000, max_wait_s=60)
+    b.add("a", 60, now=0.0)
+    assert not b.due(0.1)
+    b.add("b", 50, now=0.1)
+    assert b.due(0.1)
+    assert b.drain() == ["a", "b"]
+    assert len(b) == 0 and b.tokens == 0
+
+
+def test_micro_batch_closes_on_item_cap() -> None:
+    b: MicroBatcher[int] = MicroBatcher(token_budget=10**9, max_items=3, max_wait_s=60)
+    for i in range(3):
+        b.add(i, 1, now=0.0)
+    assert b.due(0.0)
+
+
+def test_micro_batch_closes_after_max_wait_from_its_oldest_item() -> None:
+    b: MicroBatcher[int] = MicroBatcher(token_budget=10**9, max_items=100, max_wait_s=0.2)
+    assert not b.due(100.0)  # empty is never due
+    b.add(1, 1, now=10.0)
+    b.add(2, 1, now=10.15)
+    assert not b.due(10.19)
+    assert b.time_left(10.1) == pytest.approx(0.1)
+    assert b.due(10.21)
+    assert b.drain() == [1, 2]
+    assert b.time_left(11.0) == pytest.approx(0.2)

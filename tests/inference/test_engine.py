@@ -1,0 +1,87 @@
+"""The engine on a real (small, untrained) bundle: same answers as the reference, in order, in every precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.device import place
+from inference.engine import Engine
+from riskstream.modeling import load_bundle
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Shares of Acme plunged 20% after the company cut its full-year guidance.",
+    "I was charged twice for the same card payment, please refund me",
+    "Fed holds rates steady",
+    "My card still hasn't arrived after three weeks. What is going on?",
+    "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
+    "ok",
+] * 30
+CHANNELS = ["news", "customer_service", "news", "customer_service", "news", "customer_service"] * 30
+
+
+@pytest.fixture(scope="module")
+def engines(bundle_v1: tuple[Path, str]) -> dict[str, Engine]:
+    bundle = load_bundle(bundle_v1[0])
+    # a small token budget forces many packs and the tokenizer thread (len(TEXTS) > max_batch_docs)
+    return {
+        prec: Engine(load_bundle(bundle_v1[0]) if prec == "int8" else bundle, place("cpu", prec, 2),
+                     token_budget=512, max_batch_docs=16, sort_window=64)
+        for prec in ("fp32", "bf16", "int8")
+    }
+
+
+def test_fp32_matches_the_reference_prediction_in_input_order(engines: dict[str, Engine]) -> None:
+    engine = engines["fp32"]
+    out = engine.score(TEXTS, CHANNELS)
+    assert len(out) == len(TEXTS)
+    for channel in ("news", "customer_service"):
+        idx = [i for i, c in enumerate(CHANNELS) if c == channel]
+        ref = engine.bundle.predict([TEXTS[i] for i in idx], channel)
+        sent_task = "news_sentiment" if channel == "news" else "cs_sentiment"
+        for i, r in zip(idx, ref, strict=True):
+            probs = r[sent_task]
+            assert out[i].sentiment.label == max(probs, key=lambda k: probs[k])
+            assert out[i].sentiment.probs is not None
+            for label, p in probs.items():
+                assert out[i].sentiment.probs[label] == pytest.approx(p, abs=1e-4)
+            assert out[i].risk_score == pytest.approx(probs["negative"], abs=1e-4)
+    # identical texts get identical answers wherever they sat in the packs
+    assert out[0] == out[6] == out[6 * 29]
+
+
+def test_output_shape_per_document(engines: dict[str, Engine]) -> None:
+    out = engines["fp32"].score(TEXTS[:6], CHANNELS[:6])
+    for doc, channel in zip(out, CHANNELS[:6], strict=True):
+        assert doc.model_version == "test-v1"
+        assert doc.tokens > 2
+        assert 0.0 <= doc.uncertainty <= 1.0
+        margins = [doc.sentiment.margin or 0.0, doc.topic.margin or 0.0]
+        assert doc.uncertainty == pytest.approx(1 - min(margins))
+        assert doc.sentiment.probs is not None and len(doc.sentiment.probs) == 3
+        # large label sets keep only the top-k probabilities
+        assert doc.topic.probs is not None and len(doc.topic.probs) == 5
+        assert doc.topic.score == pytest.approx(max(doc.topic.probs.values()), abs=1e-5)
+        prefix = "news-topic-" if channel == "news" else "intent-"
+        assert doc.topic.label.startswith(prefix)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_fast_paths_stay_close_to_fp32(engines: dict[str, Engine], precision: str) -> None:
+    ref = engines["fp32"].score(TEXTS[:6], CHANNELS[:6])
+    fast = engines[precision].score(TEXTS[:6], CHANNELS[:6])
+    agree = 0
+    for a, b in zip(ref, fast, strict=True):
+        assert a.sentiment.probs is not None and b.sentiment.probs is not None
+        for label in a.sentiment.probs:
+            assert b.sentiment.probs[label] == pytest.approx(a.sentiment.probs[label], abs=0.15)
+        agree += (a.sentiment.label == b.sentiment.label) + (a.topic.label == b.topic.label)
+    assert agree >= 9  # of 12 labels
+
+
+def test_unknown_channel_is_refused(engines: dict[str, Engine]) -> None:
+    with pytest.raises(ValueError, match="unknown channel"):
+        engines["fp32"].score(["x"], ["fax"])

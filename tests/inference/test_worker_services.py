@@ -1,0 +1,257 @@
+"""The worker against a real Kafka broker and a real Elasticsearch node (fixtures from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference.device import place
+from inference.engine import Engine
+from inference.settings import WorkerSettings
+from inference.worker import Worker
+from riskstream.modeling import load_bundle
+from riskstream.settings import CommonSettings
+from tests.inference.helpers import (
+    TcpProxy,
+    create_topics,
+    es_count,
+    es_docs,
+    good_docs,
+    produce,
+    read_topic,
+    register,
+    settings_env,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+BundleFactory = Callable[[str, int], tuple[Path, str]]
+
+
+@pytest.fixture
+def worker_settings(settings: CommonSettings) -> WorkerSettings:
+    create_topics(settings)
+    data = {name: getattr(settings, name) for name in type(settings).model_fields}
+    return WorkerSettings(
+        **data,
+        group_id=f"g-{settings.topic_raw}",
+        max_wait_ms=100,
+        hotswap_interval_s=0.5,
+        torch_threads=2,
+        es_retry_max_s=2.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def engine_v1(bundle_v1: tuple[Path, str]) -> Engine:
+    return Engine(load_bundle(bundle_v1[0]), place("cpu", "fp32", 2))
+
+
+class Running:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "worker did not stop"
+        assert self.error is None, f"worker failed: {self.error!r}"
+
+
+@pytest.fixture
+def start_worker(worker_settings: WorkerSettings) -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def start(settings: WorkerSettings | None = None, **kwargs: Any) -> Running:
+        r = Running(Worker(settings or worker_settings, **kwargs))
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        if r.thread.is_alive():
+            r.worker.stop()
+            r.thread.join(timeout=60)
+
+
+def test_good_documents_land_once_and_poison_goes_to_the_dlq(
+    worker_settings: WorkerSettings, engine_v1: Engine, bundle_v1: tuple[Path, str], start_worker: Callable[..., Running]
+) -> None:
+    register(worker_settings, "test-v1", *bundle_v1)
+    good = good_docs("good", 24)
+    no_id = {"channel": "news", "text": "A document without an id"}
+    poison = [
+        ("p-json", b"{this is not json"),
+        ("p-bytes", b"\xff\xfe\xfa not utf-8"),
+        ("p-notext", json.dumps({"id": "p-notext", "channel": "news"}).encode()),
+        ("p-channel", json.dumps({"id": "p-channel", "channel": "fax", "text": "hello"}).encode()),
+        ("p-blank", json.dumps({"id": "p-blank", "channel": "news", "text": "   "}).encode()),
+    ]
+    produce(worker_settings, good[:12] + poison + [(None, json.dumps(no_id).encode())] + good[12:])
+    run = start_worker(engine=None)
+    wait_until(lambda: es_count(worker_settings) >= 25, 120, "25 documents in ES")
+    dlq = []
+    wait_until(lambda: len(dlq.extend(read_topic(worker_settings, worker_settings.topic_dlq, 2)) or dlq) >= 5, 60,
+               "5 dead letters")
+    run.stop()
+
+    docs = es_docs(worker_settings)
+    ids = Counter(d["_id"] for d in docs)
+    assert len(docs) == 25 and all(n == 1 for n in ids.values())
+    assert {f"good-{i}" for i in range(24)} <= set(ids)
+    (derived,) = [i for i in ids if not i.startswith("good-")]
+    assert derived.startswith(f"{worker_settings.topic_raw}-")  # topic-partition-offset
+    for d in docs:
+        assert d["sentiment"]["label"] in ("negative", "neutral", "positive")
+        assert d["topic"]["label"]
+        assert d["model_version"] == "test-v1"
+        assert d["_index"].startswith(worker_settings.es_docs_alias + "-")
+    reasons = {letter["key"]: letter["reason"] for letter in dlq}
+    assert reasons == {
+        "p-json": "invalid_json",
+        "p-bytes": "undecodable_bytes",
+        "p-notext": "schema_violation",
+        "p-channel": "schema_violation",
+        "p-blank": "empty_text",
+    }
+    for letter in dlq:
+        assert letter["source_topic"] == worker_settings.topic_raw and letter["source_offset"] >= 0
+        assert letter["payload"] or letter["payload_b64"]
+    scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
+    assert {s["id"] for s in scored} == set(ids)
+
+
+def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
+    worker_settings: WorkerSettings, bundle_v1: tuple[Path, str], tmp_path: Path
+) -> None:
+    register(worker_settings, "test-v1", *bundle_v1)
+    n = 400
+    produce(worker_settings, good_docs("kill", n))
+    env = dict(os.environ, **settings_env(worker_settings), HF_HUB_OFFLINE="1")
+    env["RISKSTREAM_MAX_BATCH_MESSAGES"] = "32"  # many commits, so the kill lands between and inside batches
+    cmd = [str(Path(sys.executable).parent / "riskstream"), "worker"]
+    log = (tmp_path / "worker.log").open("w")
+    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: es_count(worker_settings) >= 64, 180, "the first worker to index some documents")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        assert es_count(worker_settings) < n, "the kill came too late to test anything"
+        second = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: es_count(worker_settings) >= n, 240, f"all {n} documents after the restart")
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0  # SIGTERM drains, commits and exits 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    docs = es_docs(worker_settings)
+    assert sorted(d["_id"] for d in docs) == sorted(f"kill-{i}" for i in range(n))  # each exactly once
+
+
+def test_hot_swap_between_batches_and_corrupt_champion_refused(
+    worker_settings: WorkerSettings, bundle_factory: BundleFactory, start_worker: Callable[..., Running],
+    tmp_path: Path,
+) -> None:
+    v1 = bundle_factory("swap-v1", 1)
+    v2 = bundle_factory("swap-v2", 2)
+    register(worker_settings, "swap-v1", *v1)
+    run = start_worker()
+    produce(worker_settings, good_docs("before", 10))
+    wait_until(lambda: es_count(worker_settings) >= 10, 120, "the first documents")
+    register(worker_settings, "swap-v2", *v2)
+    wait_until(lambda: run.worker.watcher is not None and run.worker.watcher.current[0] == "swap-v2", 60,
+               "the watcher to load swap-v2")
+    produce(worker_settings, good_docs("after", 10))
+    wait_until(lambda: es_count(worker_settings) >= 20, 120, "the later documents")
+    # a corrupt champion (digest does not match the registry's) is refused; serving goes on with v2
+    register(worker_settings, "swap-v3", v2[0], "f" * 64)
+    wait_until(
+        lambda: run.worker.metrics.failures.labels(reason="model_refused")._value.get() >= 1, 30, "the refusal"
+    )
+    produce(worker_settings, good_docs("late", 5))
+    wait_until(lambda: es_count(worker_settings) >= 25, 120, "the last documents")
+    run.stop()
+    docs = es_docs(worker_settings)
+    by_prefix: dict[str, set[str]] = {}
+    for d in docs:
+        by_prefix.setdefault(d["id"].split("-")[0], set()).add(d["model_version"])
+    assert by_prefix == {"before": {"swap-v1"}, "after": {"swap-v2"}, "late": {"swap-v2"}}
+    assert run.worker.engine is not None and run.worker.engine.version == "swap-v2"
+
+
+def test_elasticsearch_down_pauses_then_resumes_without_loss(
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+) -> None:
+    from urllib.parse import urlparse
+
+    es = urlparse(worker_settings.es_url)
+    proxy = TcpProxy(es.hostname or "127.0.0.1", es.port or 9200)
+    try:
+        via_proxy = worker_settings.model_copy(update={"es_url": f"http://127.0.0.1:{proxy.port}"})
+        run = start_worker(via_proxy, engine=engine_v1)
+        produce(worker_settings, good_docs("up", 10))
+        wait_until(lambda: es_count(worker_settings) >= 10, 120, "documents before the outage")
+        proxy.block()
+        produce(worker_settings, good_docs("down", 20))
+        wait_until(lambda: run.worker.stalled is not None, 60, "the worker to stall")
+        wait_until(lambda: bool(run.worker.consumer and run.worker.consumer.paused()), 30, "paused partitions")
+        assert es_count(worker_settings) == 10
+        assert run.worker.metrics.paused._value.get() == 1
+        proxy.unblock()
+        wait_until(lambda: es_count(worker_settings) >= 30, 120, "documents after the outage")
+        assert run.worker.consumer is not None and run.worker.consumer.assignment()  # never left the group
+        wait_until(lambda: run.worker.stalled is None, 30, "resume")
+        assert not run.worker.consumer.paused()
+        run.stop()
+    finally:
+        proxy.close()
+    assert sorted(d["_id"] for d in es_docs(worker_settings)) == sorted(
+        [f"up-{i}" for i in range(10)] + [f"down-{i}" for i in range(20)]
+    )
+
+
+def test_two_workers_in_one_group_share_the_partitions(
+    worker_settings: WorkerSettings, bundle_v1: tuple[Path, str], start_worker: Callable[..., Running]
+) -> None:
+    engines = [Engine(load_bundle(bundle_v1[0]), place("cpu", "fp32", 1)) for _ in range(2)]
+    a = start_worker(engine=engines[0])
+    b = start_worker(engine=engines[1])
+    wait_until(
+        lambda: all(r.worker.consumer is not None and r.worker.consumer.assignment() for r in (a, b)),
+        90,
+        "both workers to get partitions",
+    )
+    produce(worker_settings, good_docs("shared", 60))
+    wait_until(lambda: es_count(worker_settings) >= 60, 180, "60 documents")
+    parts = [{tp.partition for tp in r.worker.consumer.assignment()} for r in (a, b)]
+    a.stop()
+    b.stop()
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    assert parts[0] | parts[1] == {0, 1, 2}
+    assert a.worker.batches_done > 0 and b.worker.batches_done > 0
+    docs = es_docs(worker_settings)
+    assert sorted(d["_id"] for d in docs) == sorted(f"shared-{i}" for i in range(60))
