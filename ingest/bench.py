@@ -13,6 +13,7 @@ Target: >= 3,000 documents/s of about 1 KB. Documents go to a separate bench top
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -85,6 +86,7 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
         ingestor = Ingestor(settings.model_copy(update={"prepare_workers": workers}), sink, db=None, dedupe=dedupe)
         if workers > 1:  # start the worker processes before the clock runs
             ingestor.prepare_many(list(replay_documents(seed, dataset, split, min_chars=min_chars))[:256])
+        cpu0 = time.process_time()
         try:
             stats = replay(ingestor, seed, dataset, split=split, limit=limit, loop=loop, min_chars=min_chars,
                            progress=not as_json)
@@ -93,6 +95,7 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
             ingestor.close()
             sink.close()
             close_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - cpu0  # this process, all its threads (not the worker processes)
         seconds = stats.seconds + close_s
         results.append({
             "variant": name,
@@ -103,6 +106,7 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
             "docs_per_s": round(stats.documents / seconds, 1),
             "avg_doc_bytes": round(stats.bytes / max(1, stats.documents)),
             "mb_per_s": round(stats.bytes / seconds / 1e6, 2),
+            "main_process_cpu_us_per_doc": round(cpu_s / max(1, stats.documents) * 1e6),
         })
 
     def kafka(compression: str) -> IngestSettings:
@@ -118,6 +122,8 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
     kafka_lz4 = next(r for r in results if r["variant"] == "kafka_lz4")
     report = {
         "benchmark": "ingest",
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
         "dataset": dataset,
         "split": split,
         "topic": topic,

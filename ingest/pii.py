@@ -45,6 +45,7 @@ ACCOUNT_CUE = (
     r"(?:account|acct|a/c|acc(?:ount)?\s*(?:no|num|number|#)|customer\s*(?:no|number|id)|member(?:ship)?\s*"
     r"(?:no|number)|reference\s*number|policy\s*(?:no|number)|roll\s*number|building\s*society\s*number)"
 )
+ACCOUNT_CUE_WORDS = ("acc", "a/c", "customer", "member", "reference", "policy", "roll", "building", "sort")
 ACCOUNT_RE = re.compile(
     ACCOUNT_CUE + r"[^\d\n]{0,25}?(?P<num>(?<!\d)\d(?:[ -]?\d){7,11}(?!\d))", re.IGNORECASE
 )
@@ -121,6 +122,9 @@ class Redactor:
                 yield Span(m.start(), m.end(), "CARD")
 
     def _accounts(self, text: str) -> Iterable[Span]:
+        lowered = text.lower()
+        if not any(cue in lowered for cue in ACCOUNT_CUE_WORDS):
+            return
         for m in ACCOUNT_RE.finditer(text):
             yield Span(m.start("num"), m.end("num"), "ACCOUNT")
         for m in SORT_CODE_RE.finditer(text):

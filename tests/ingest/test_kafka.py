@@ -79,10 +79,8 @@ def test_published_records_are_keyed_by_id_and_redacted(settings: CommonSettings
 
 
 def test_replay_publishes_stable_ids(settings: CommonSettings) -> None:
-    if settings.seed_data is None and not os.environ.get("RISKSTREAM_SEED_DATA"):
-        pytest.skip("no seed data configured")  # the seed data is configured on every machine we run on
-    seed = settings.seed_data or Path(os.environ["RISKSTREAM_SEED_DATA"])
-    cfg = ingest_settings_from(settings, seed_data=seed)
+    cfg = ingest_settings_from(settings)
+    assert cfg.seed_data is not None, "the test settings name the seed data"
     result = CliRunner().invoke(ingest, ["replay", "--dataset", "banking77", "--limit", "40", "--rate", "400",
                                          *_flags(cfg)])
     assert result.exit_code == 0, result.output
