@@ -32,6 +32,7 @@ from launcher.base import (
     spawn,
     split_host_port,
 )
+from launcher.es_compat import install_compat_plugin
 from launcher.jvm import java_home
 from launcher.settings import LauncherSettings
 
@@ -67,7 +68,7 @@ def _node_info(client: httpx.Client, base: str) -> dict[str, Any] | None:
     """The ``version`` object of ``GET /``; from ``GET /_nodes/_local`` when the root endpoint is absent.
 
     The root endpoint lives in the ``rest-root`` module, which the integ-test zip does not carry; the launcher
-    adds its own small root module, but a node started otherwise may lack it.
+    adds it back (:mod:`launcher.es_compat`), but a node started otherwise may lack it.
     """
     root = client.get(base + "/")
     if root.status_code == 200 and isinstance(root.json().get("version"), dict):
@@ -154,6 +155,7 @@ class ElasticsearchService(Service):
         self._home = elasticsearch_home(
             self.settings.artifact_cache, self.dist_root, self.settings.es_version, self.settings.maven
         )
+        install_compat_plugin(self._home, self._java_home, self.settings.es_version)
         for directory in (self.root, self.data, self.logs, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         # A fresh copy of the distribution's config each time: nothing a previous start auto-configured lingers.

@@ -86,6 +86,9 @@ class PostgresService(Service):
         self.user = "postgres"
         self.host = "127.0.0.1"
         self.port = settings.postgres_port
+        prev_port = (previous.get("ports") or {}).get("client")
+        if "postgres_port" not in settings.model_fields_set and isinstance(prev_port, int):
+            self.port = prev_port  # `status`/`down` without --postgres-port: the port this stack was started on
         if settings.db_url.startswith("postgresql"):
             url = make_url(settings.db_url)
             self.host = url.host or "127.0.0.1"
