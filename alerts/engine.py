@@ -163,11 +163,13 @@ def parse_scored(raw: bytes | None) -> ScoredDocument:
 
 def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> faust.App:
     """The faust app: one agent on the scored topic, a state table, three timers."""
+    datadir = settings.data_dir / "alerts" / settings.alerts_app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.alerts_app_id,
         broker=broker_url(settings.kafka_bootstrap),
         store="memory://",
-        datadir=str(settings.data_dir / "alerts" / settings.alerts_app_id),
+        datadir=str(datadir),
         topic_partitions=partitions,
         web_enabled=False,
         autodiscover=False,

@@ -4,6 +4,7 @@ retried from the store, and a malformed message dead-lettered."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -100,6 +101,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, proc: subproce
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture
 def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
     return AlertSettings(
@@ -114,7 +126,6 @@ def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
         webhook_backoff=0.5,
         webhook_max_attempts=4,
         webhook_timeout=3,
-        log_level="INFO",
     )
 
 
@@ -199,12 +210,7 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
 
             wait_for("both webhooks delivered", delivered, 60, proc)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
 
     ok = [r for r in receiver.requests if r["path"] == "/ok"]
     flaky = [r for r in receiver.requests if r["path"] == "/flaky"]
