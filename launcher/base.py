@@ -355,6 +355,7 @@ class Service(ABC):
     """One engine the launcher can start on this machine."""
 
     name: str = ""
+    host: str = "127.0.0.1"
     stop_signal: int = signal.SIGTERM
 
     @property

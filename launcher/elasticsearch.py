@@ -20,6 +20,7 @@ import httpx
 
 from launcher.artifacts import elasticsearch_home
 from launcher.base import (
+    LOOPBACK_HOSTS,
     Health,
     ProcessRecord,
     Service,
@@ -110,7 +111,9 @@ class ElasticsearchService(Service):
         self.tmp = root / "tmp"
         self.log = root / "elasticsearch.log"
         prev = previous.get("transport_port")
-        if isinstance(prev, int) and prev != self.port and port_is_free(prev, self.host):
+        if self.host not in LOOPBACK_HOSTS:
+            self.transport_port = 0  # refused in prepare(); status still probes the address
+        elif isinstance(prev, int) and prev != self.port and port_is_free(prev, self.host):
             self.transport_port = prev
         else:
             self.transport_port = free_port(self.host, avoid={self.port})

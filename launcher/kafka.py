@@ -15,6 +15,7 @@ from typing import Any
 
 from launcher.artifacts import kafka_libs
 from launcher.base import (
+    LOOPBACK_HOSTS,
     Health,
     ProcessRecord,
     Service,
@@ -104,7 +105,9 @@ class KafkaService(Service):
         self.log = root / "kafka.log"
         self.cluster_id: str = previous.get("cluster_id") or kafka_cluster_id()
         prev_ctrl = previous.get("controller_port")
-        if isinstance(prev_ctrl, int) and prev_ctrl != self.port and port_is_free(prev_ctrl, self.host):
+        if self.host not in LOOPBACK_HOSTS:
+            self.controller_port = 0  # refused in prepare(); status still probes the address
+        elif isinstance(prev_ctrl, int) and prev_ctrl != self.port and port_is_free(prev_ctrl, self.host):
             self.controller_port = prev_ctrl
         else:
             self.controller_port = free_port(self.host, avoid={self.port})

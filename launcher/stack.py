@@ -35,6 +35,7 @@ from launcher.base import (
     ensure_system_user,
     port_is_free,
     reachable_by,
+    require_loopback,
     running_as_root,
     stop_process_group,
     tail,
@@ -204,8 +205,9 @@ class Stack:
             return self._status(svc, health, previous, True, "already running")
         if previous:
             state["services"].pop(name, None)  # stale entry of a process that is gone
+        require_loopback(name, svc.host, ADDRESS_SETTING[name])
         for role, port in svc.ports().items():
-            if not port_is_free(port, getattr(svc, "host", "127.0.0.1")):
+            if not port_is_free(port, svc.host):
                 what = "the client" if role in ("client", "http") else f"the {role}"
                 raise ServiceError(
                     name,

@@ -30,9 +30,9 @@ def test_raw_document_round_trips_through_kafka(settings: CommonSettings) -> Non
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
         for doc in sent:
-            producer.send(
-                settings.topic_raw, key=doc.id.encode(), value=doc.model_dump_json().encode("utf-8")
-            ).get(timeout=60)
+            producer.send(settings.topic_raw, key=doc.id.encode(), value=doc.model_dump_json().encode("utf-8")).get(
+                timeout=60
+            )
         producer.flush(timeout=60)
     finally:
         producer.close()
