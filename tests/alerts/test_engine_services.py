@@ -239,3 +239,72 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
     (letter,) = by_topic[s.topic_dlq]
     dead = json.loads(letter.value)
     assert dead["stage"] == "alerts" and dead["reason"] == "invalid_json" and dead["payload"] == "{not json"
+
+
+def test_open_windows_survive_an_engine_restart(engine_settings: AlertSettings, engine_log: Path) -> None:
+    """Two documents before a restart and one after fill one window: the faust table restored the count."""
+    s = engine_settings.model_copy(update={"alerts_idle_close": 600.0})  # close windows by event time only
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    admin.create_topics([NewTopic(t, 1, 1) for t in (s.topic_scored, s.topic_alerts, s.topic_dlq)])
+    admin.close()
+    db = Database(s.db_url)
+    rule = load_rule({"id": "three", "name": "Three in a window", "window": "15m", "threshold": 3, "min_docs": 3})
+    with db.session() as session:
+        store.save_rule(session, rule, actor="test")
+        session.commit()
+    db.dispose()
+    start = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+
+    def publish(*docs: Any) -> None:
+        for doc in docs:
+            producer.send(s.topic_scored, key=doc.id.encode(), value=doc.model_dump_json().encode())
+        producer.flush()
+
+    es = make_client(s)
+
+    def alerts() -> list[Any]:
+        es.indices.refresh(index=s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
+        res = es.search(index=s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
+        return list(res["hits"]["hits"])
+
+    def run_engine() -> subprocess.Popen[bytes]:
+        with engine_log.open("ab") as log:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"],
+                env=env_for(s),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    publish(scored("a", start + timedelta(minutes=1)), scored("b", start + timedelta(minutes=2)))
+    proc = run_engine()
+    try:
+        # faust flushes the table's changelog before it commits the offsets of the documents that changed it
+        wait_for("the first two documents committed", lambda: _committed(s) >= 2, 90, proc)
+    finally:
+        stop(proc)
+    assert alerts() == []
+    # the third document of the window, then one far later that moves event time past the window's end
+    publish(scored("c", start + timedelta(minutes=3)), scored("z", start + timedelta(hours=2)))
+    proc = run_engine()
+    try:
+        hits = wait_for("the alert after the restart", alerts, 90, proc)
+    finally:
+        stop(proc)
+    producer.close()
+    (hit,) = hits
+    assert hit["_source"]["doc_count"] == 3 and set(hit["_source"]["sample_doc_ids"]) == {"a", "b", "c"}
+    assert hit["_id"] == alert_id("three", {}, start)
+
+
+def _committed(s: AlertSettings) -> int:
+    """Offsets the engine's consumer group committed on the scored topic."""
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.alerts_app_id, enable_auto_commit=False)
+    try:
+        return int(consumer.committed(TopicPartition(s.topic_scored, 0)) or 0)
+    finally:
+        consumer.close()
