@@ -1,0 +1,276 @@
+"""`riskstream finetune run|evaluate|promote|rollback|list|schedule` and `riskstream eval`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from finetune.settings import FinetuneSettings
+from riskstream.cliutil import echo_json, with_settings
+
+log = logging.getLogger(__name__)
+
+
+def _offline() -> None:
+    # no model hub is ever contacted: every model is a local directory
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _db(settings: FinetuneSettings) -> Any:
+    from riskstream.db import Database
+
+    return Database(settings.db_url)
+
+
+def _stop_event() -> threading.Event:
+    """An event set by SIGTERM/SIGINT (the current training aborts before registering anything)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s: stopping after the current step, registry untouched", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+@click.group()
+def finetune() -> None:
+    """Train, evaluate, promote and roll back models; the periodic fine-tune job."""
+
+
+@finetune.command("run")
+@with_settings(FinetuneSettings)
+def run_cmd(settings: FinetuneSettings) -> None:
+    """Train a candidate on the seed data (+ analyst labels), calibrate, evaluate on dev, gate, promote or reject.
+
+    Prints a JSON summary. Use --quick for the demo profile (minutes instead of ~30 on a 2-core CPU).
+    """
+    _offline()
+    from finetune.data import DataError
+    from finetune.pipeline import AlreadyRunningError, run_pipeline
+    from finetune.train import TrainingAbortedError
+
+    stop = _stop_event()
+    try:
+        summary = run_pipeline(settings, _db(settings), should_stop=stop.is_set, progress=True)
+    except (DataError, AlreadyRunningError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except TrainingAbortedError as exc:
+        raise click.ClickException(f"training aborted, registry untouched: {exc}") from exc
+    echo_json(summary)
+
+
+def _evaluate_version(
+    settings: FinetuneSettings, version: str | None, datasets: tuple[str, ...], split: str
+) -> dict[str, Any]:
+    from finetune.data import DATASETS, DataError, read_eval_split
+    from finetune.evaluate import metrics_from_logits, score_examples
+    from finetune.report import reports_dir, write_report
+    from finetune.train import select_device
+    from riskstream.modeling import ArtifactError, load_bundle
+    from riskstream.registry import get_champion, get_version
+
+    db = _db(settings)
+    with db.session() as session:
+        record = get_version(session, version) if version else get_champion(session)
+    if record is None:
+        if version:
+            raise click.ClickException(f"unknown model version {version} (see `riskstream finetune list`)")
+        raise click.ClickException(
+            "no promoted model in the registry: run `riskstream finetune run` (or `--quick`) first"
+        )
+    seed_data = settings.require_seed_data()
+    import torch
+
+    torch.set_num_threads(settings.resolved_threads())
+    try:
+        bundle = load_bundle(
+            Path(record.artifact_path), device=select_device(settings.device), expected_sha256=record.artifact_sha256
+        )
+    except ArtifactError as exc:
+        raise click.ClickException(f"model {record.version} refused: {exc}") from exc
+    results: dict[str, Any] = {}
+    out_dir = reports_dir(settings.models_dir, record.version)
+    for name in datasets or tuple(DATASETS):
+        if name not in DATASETS:
+            raise click.ClickException(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        task = DATASETS[name].task
+        spec = bundle.manifest.tasks.get(task)
+        if spec is None:
+            raise click.ClickException(f"model {record.version} has no head for task {task}")
+        try:
+            rows, stats = read_eval_split(seed_data, name, split, spec.labels)
+        except DataError as exc:
+            raise click.ClickException(str(exc)) from exc
+        logits, labels = score_examples(
+            bundle.model, bundle.tokenizer, rows, task, max_length=bundle.manifest.max_length,
+            batch_size=settings.eval_batch_size, progress=True, desc=f"{name}/{split}",
+        )  # fmt: skip
+        m = metrics_from_logits(logits, labels, spec.labels, spec.temperature)
+        result: dict[str, Any] = {
+            "dataset": name,
+            "split": split,
+            "task": task,
+            "model_version": record.version,
+            "skipped": {
+                "empty": stats.empty,
+                "malformed": stats.malformed,
+                "unknown_labels": dict(stats.unknown_labels),
+            },
+            **m,
+        }
+        written = write_report(out_dir, f"{name}-{split}", result, list(spec.labels))
+        result.pop("confusion", None)
+        result.pop("reliability", None)
+        result["report"] = written
+        results[name] = result
+    return results
+
+
+@finetune.command("evaluate")
+@click.argument("version", required=False)
+@click.option("--dataset", "datasets", multiple=True, help="Dataset(s) to evaluate on (default: all five).")
+@click.option("--split", default="dev", show_default=True, type=click.Choice(["train", "dev", "test"]))
+@with_settings(FinetuneSettings)
+def evaluate_cmd(version: str | None, datasets: tuple[str, ...], split: str, settings: FinetuneSettings) -> None:
+    """Evaluate VERSION (default: the champion) and write its report (JSON + PNGs) under <data_dir>/models/."""
+    _offline()
+    echo_json(_evaluate_version(settings, version, datasets, split))
+
+
+@finetune.command("promote")
+@click.argument("version")
+@click.option("--force", is_flag=True, help="Skip the metric gate (the artifact is still verified and loaded).")
+@with_settings(FinetuneSettings)
+def promote_cmd(version: str, force: bool, settings: FinetuneSettings) -> None:
+    """Promote VERSION to champion: gated on its stored dev metrics vs the champion's unless --force.
+
+    The artifact is always verified and loaded first. --actor NAME records who did it.
+    """
+    _offline()
+    from finetune import registry as reg
+    from finetune.gate import decide
+    from riskstream.modeling import ArtifactError
+    from riskstream.registry import get_champion, get_version
+
+    db = _db(settings)
+    who = settings.actor
+    with db.session() as session:
+        record = get_version(session, version)
+        if record is None:
+            raise click.ClickException(f"unknown model version {version}")
+        champion = get_champion(session)
+        detail: dict[str, Any] = {"forced": force}
+        if not force:
+            decision = decide(
+                record.metrics.get("dev", {}),
+                champion.metrics.get("dev", {}) if champion is not None else None,
+                tolerance=settings.gate_tolerance,
+                min_improvement=settings.gate_min_improvement,
+                min_macro_f1=settings.gate_min_macro_f1,
+            )
+            if not decision.accepted:
+                raise click.ClickException(
+                    "refused by the gate: " + "; ".join(decision.reasons) + " (use --force to override)"
+                )
+            detail["gate"] = decision.to_json()
+        try:
+            previous = reg.promote(session, version, actor=who, detail=detail)
+        except ArtifactError as exc:
+            raise click.ClickException(f"refused: the artifact of {version} is corrupt or unloadable: {exc}") from exc
+        except reg.RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    echo_json({"promoted": version, "previous_champion": previous, "by": who, "forced": force})
+
+
+@finetune.command("rollback")
+@with_settings(FinetuneSettings)
+def rollback_cmd(settings: FinetuneSettings) -> None:
+    """Restore the previous champion (the current one is retired). --actor NAME records who did it."""
+    _offline()
+    from finetune import registry as reg
+    from riskstream.modeling import ArtifactError
+
+    db = _db(settings)
+    with db.session() as session:
+        try:
+            restored, rolled_back = reg.rollback(session, actor=settings.actor)
+        except ArtifactError as exc:
+            raise click.ClickException(f"refused: the previous champion's artifact is unusable: {exc}") from exc
+        except reg.RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    echo_json({"champion": restored, "rolled_back": rolled_back})
+
+
+@finetune.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@with_settings(FinetuneSettings)
+def list_cmd(as_json: bool, settings: FinetuneSettings) -> None:
+    """The registered model versions, newest first."""
+    from riskstream.registry import list_versions
+
+    db = _db(settings)
+    with db.session() as session:
+        versions = list_versions(session)
+    if as_json:
+        echo_json(
+            [
+                {
+                    **v.model_dump(mode="json", exclude={"config", "metrics"}),
+                    "overall": v.metrics.get("overall", {}),
+                    "gate": v.metrics.get("gate", {}),
+                }
+                for v in versions
+            ]
+        )
+        return
+    if not versions:
+        click.echo("no model versions registered")
+        return
+    click.echo(f"{'version':32} {'status':10} {'dev mean macro-F1':>17}  {'promoted by':14} created")
+    for v in versions:
+        f1 = v.metrics.get("overall", {}).get("mean_macro_f1")
+        f1s = f"{f1:.4f}" if isinstance(f1, float) else "-"
+        click.echo(f"{v.version:32} {v.status:10} {f1s:>17}  {v.promoted_by or '-':14} {v.created_at:%Y-%m-%d %H:%M}")
+
+
+@finetune.command("schedule")
+@click.option("--max-runs", type=int, default=None, help="Exit after this many runs (default: run until SIGTERM).")
+@with_settings(FinetuneSettings)
+def schedule_cmd(max_runs: int | None, settings: FinetuneSettings) -> None:
+    """Retrain on an interval and/or when enough new labels arrived; SIGTERM stops cleanly."""
+    _offline()
+    from finetune.schedule import run_schedule
+
+    stop = _stop_event()
+    runs = run_schedule(settings, _db(settings), stop, max_runs=max_runs)
+    log.info("schedule exited after %d run(s)", runs)
+
+
+@click.command("eval")
+@click.option("--dataset", required=True, help="Seed dataset name (e.g. banking77).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "dev", "test"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the contract).")
+@with_settings(FinetuneSettings)
+def eval_cmd(dataset: str, split: str, as_json: bool, settings: FinetuneSettings) -> None:
+    """Score the promoted model on $RISKSTREAM_SEED_DATA/DATASET/SPLIT.csv and print its metrics."""
+    _offline()
+    result = _evaluate_version(settings, None, (dataset,), split)[dataset]
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+        return
+    click.echo(
+        f"{dataset}/{split}  model {result['model_version']}  n={result['n']}  accuracy={result['accuracy']:.4f}  "
+        f"macro-F1={result['macro_f1']:.4f}  ECE={result['ece']:.4f}"
+    )

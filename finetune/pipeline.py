@@ -1,0 +1,340 @@
+"""One fine-tune run: data -> train -> calibrate -> evaluate on dev -> save -> register -> gate -> promote/reject.
+
+Order matters for safety: the bundle is written atomically (``save_bundle``) and registered only after it was
+trained, calibrated and evaluated, so an interrupted run (exception, SIGTERM, SIGKILL) leaves the registry and
+the champion untouched. Runs are exclusive: an ``fcntl`` lock file under the data dir (one host) plus the
+``finetune_runs`` table (a 'running' row from another host blocks too).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from sqlalchemy import select
+
+from finetune import registry as reg
+from finetune.calibrate import fit_temperature
+from finetune.data import DATASETS, Example, TrainingData, check_label_sets, count_labels, load_training_data
+from finetune.evaluate import metrics_from_logits, score_examples, summarize
+from finetune.gate import decide
+from finetune.report import reports_dir, write_report
+from finetune.settings import FinetuneSettings
+from finetune.train import TrainingAbortedError, train
+from riskstream.db import Database
+from riskstream.modeling import (
+    ArtifactError,
+    BundleManifest,
+    MultiTaskModel,
+    TaskSpec,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+)
+from riskstream.registry import get_champion
+from schemas.db import FinetuneRunRow
+
+log = logging.getLogger(__name__)
+
+STALE_RUN_AFTER = timedelta(hours=6)
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another fine-tune run holds the lock."""
+
+
+@contextmanager
+def run_lock(data_dir: Path) -> Iterator[Path]:
+    """Exclusive, non-blocking lock on ``<data_dir>/finetune.lock``; released by the OS if the process dies."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "finetune.lock"
+    fh: IO[str] = path.open("a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise AlreadyRunningError(f"another fine-tune run holds {path}") from exc
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{socket.gethostname()} {os.getpid()}\n")
+        fh.flush()
+        yield path
+    finally:
+        fh.close()
+
+
+def _start_run_row(db: Database, labels_seen: int, detail: dict[str, Any]) -> int:
+    """Insert the 'running' row; stale rows of this host are failed, a live row of another host refuses."""
+    host = socket.gethostname()
+    now = datetime.now(tz=UTC)
+    with db.session() as session, session.begin():
+        for row in session.scalars(select(FinetuneRunRow).where(FinetuneRunRow.status == "running")).all():
+            other_host = (row.detail or {}).get("host")
+            if other_host not in (None, host) and now - row.started_at < STALE_RUN_AFTER:
+                raise AlreadyRunningError(f"fine-tune run {row.id} is running on {other_host} since {row.started_at}")
+            row.status = "failed"
+            row.finished_at = now
+            row.detail = {**(row.detail or {}), "error": "interrupted (found stale at the next run)"}
+        run = FinetuneRunRow(started_at=now, status="running", labels_seen=labels_seen, detail={"host": host, **detail})
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _finish_run_row(db: Database, run_id: int, status: str, version: str | None, detail: dict[str, Any]) -> None:
+    with db.session() as session, session.begin():
+        row = session.get(FinetuneRunRow, run_id)
+        if row is None:  # pragma: no cover
+            return
+        row.status = status
+        row.finished_at = datetime.now(tz=UTC)
+        row.candidate_version = version
+        row.detail = {**(row.detail or {}), **detail}
+
+
+def _champion_specs(path: str) -> dict[str, TaskSpec] | None:
+    try:
+        return read_manifest(Path(path)).tasks
+    except ArtifactError as exc:
+        log.warning("cannot read the champion's manifest (%s); label sets are not compared", exc)
+        return None
+
+
+def _dev_by_task(data: TrainingData) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in data.dev:
+        out.setdefault(DATASETS[name].task, []).append(name)
+    return out
+
+
+def evaluate_on_dev(
+    model: MultiTaskModel,
+    tokenizer: Any,
+    specs: dict[str, TaskSpec],
+    dev: dict[str, list[Example]],
+    *,
+    max_length: int,
+    batch_size: int,
+    calibrate: bool,
+    progress: bool = True,
+    desc: str = "dev",
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """(temperature per task, metrics per dataset). With ``calibrate`` the temperatures are fitted on these rows
+    (all datasets of a task pooled); otherwise the ones in ``specs`` are used."""
+    logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, rows in dev.items():
+        task = DATASETS[name].task
+        if task not in specs or not rows:
+            continue
+        logits[name] = score_examples(
+            model,
+            tokenizer,
+            rows,
+            task,
+            max_length=max_length,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"{desc} {name}",
+        )
+    temperatures: dict[str, float] = {}
+    for task, spec in specs.items():
+        names = [n for n in logits if DATASETS[n].task == task]
+        if calibrate and names:
+            temperatures[task] = fit_temperature(
+                torch.cat([logits[n][0] for n in names]), torch.cat([logits[n][1] for n in names])
+            )
+        else:
+            temperatures[task] = spec.temperature
+    metrics = {
+        name: metrics_from_logits(lg, lb, specs[DATASETS[name].task].labels, temperatures[DATASETS[name].task])
+        for name, (lg, lb) in logits.items()
+    }
+    return temperatures, metrics
+
+
+def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = ("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature")
+    return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
+
+
+def new_version(fingerprint: str) -> str:
+    return f"m-{datetime.now(tz=UTC):%Y%m%d-%H%M%S}-{fingerprint[:6]}"
+
+
+def run_pipeline(
+    settings: FinetuneSettings,
+    db: Database,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = True,
+    max_steps: int | None = None,
+    trigger: str = "manual",
+) -> dict[str, Any]:
+    """Train, evaluate and gate one candidate; returns a JSON-able summary. Raises AlreadyRunningError if a run
+    is in progress and TrainingAbortedError if stopped (nothing registered in either case)."""
+    eff = settings.effective()
+    seed_data = eff.require_seed_data()
+    started = time.monotonic()
+    with run_lock(eff.data_dir):
+        with db.session() as session:
+            labels_seen = count_labels(session)
+        run_id = _start_run_row(db, labels_seen, {"trigger": trigger, "quick": eff.quick})
+        version: str | None = None
+        bundle_root: Path | None = None
+        registered = False
+        try:
+            with db.session() as session:
+                champion = get_champion(session)
+                data = load_training_data(
+                    seed_data,
+                    session=session if eff.include_db_labels else None,
+                    max_train_per_task=eff.max_train_per_task,
+                    max_dev_per_dataset=eff.max_dev_per_dataset,
+                    seed=eff.seed,
+                )
+            champ_specs = _champion_specs(champion.artifact_path) if champion is not None else None
+            label_changes = check_label_sets(data.specs, champ_specs, allow_new_label_set=eff.allow_new_label_set)
+            result = train(eff, data, should_stop=should_stop, progress=progress, max_steps=max_steps)
+            temperatures, dev_metrics = evaluate_on_dev(
+                result.model, result.tokenizer, data.specs, data.dev,
+                max_length=eff.max_length, batch_size=eff.eval_batch_size, calibrate=True, progress=progress,
+            )  # fmt: skip
+            specs = {
+                task: TaskSpec(s.name, s.channel, s.kind, s.labels, temperatures[task])
+                for task, s in data.specs.items()
+            }
+            version = new_version(data.fingerprint)
+            bundle_root = eff.models_dir / version
+            base_model = str(eff.resolved_base_model())
+            config = {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in eff.model_dump().items()
+                if k
+                in {
+                    "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "warmup_ratio", "max_length",
+                    "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings", "freeze_layers",
+                    "task_sampling_temperature", "dropout", "seed", "include_db_labels",
+                }
+            }  # fmt: skip
+            config.update(
+                {
+                    "steps": result.steps,
+                    "planned_steps": result.planned_steps,
+                    "train_seconds": round(result.seconds, 1),
+                    "device": str(result.device),
+                    "precision": result.precision,
+                    "threads": torch.get_num_threads(),
+                    "label_sets": {t: list(s.labels) for t, s in specs.items()},
+                    "train_rows": {t: len(r) for t, r in data.train.items()},
+                }
+            )
+            manifest = BundleManifest(
+                version=version,
+                base_model=base_model,
+                tasks=specs,
+                max_length=eff.max_length,
+                extra={"data_fingerprint": data.fingerprint, "config": config},
+            )
+            digest = save_bundle(result.model, result.tokenizer, manifest, bundle_root / "bundle")
+            if should_stop():
+                raise TrainingAbortedError("stopped before registering the candidate")
+
+            # the champion, re-scored on exactly the same dev rows
+            champion_dev: dict[str, dict[str, Any]] | None = None
+            champion_note = None
+            if champion is not None:
+                try:
+                    champ = load_bundle(Path(champion.artifact_path), expected_sha256=champion.artifact_sha256)
+                    comparable = {
+                        t: s for t, s in champ.manifest.tasks.items() if t in specs and s.labels == specs[t].labels
+                    }
+                    dev_rows = {n: r for n, r in data.dev.items() if DATASETS[n].task in comparable}
+                    _, champ_metrics = evaluate_on_dev(
+                        champ.model, champ.tokenizer, comparable, dev_rows,
+                        max_length=champ.manifest.max_length, batch_size=eff.eval_batch_size, calibrate=False,
+                        progress=progress, desc="champion dev",
+                    )  # fmt: skip
+                    champion_dev = _gate_view(champ_metrics)
+                    del champ
+                except ArtifactError as exc:
+                    champion_note = f"champion {champion.version} cannot be loaded ({exc}); gated on sanity only"
+                    log.error(champion_note)
+
+            cand_dev = _gate_view(dev_metrics)
+            decision = decide(
+                cand_dev,
+                champion_dev,
+                tolerance=eff.gate_tolerance,
+                min_improvement=eff.gate_min_improvement,
+                min_macro_f1=eff.gate_min_macro_f1,
+            )
+            metrics = {
+                "dev": cand_dev,
+                "overall": summarize(cand_dev),
+                "gate": {**decision.to_json(), "champion": champion.version if champion else None},
+            }
+            if champion_dev is not None:
+                metrics["champion_dev"] = champion_dev
+            with db.session() as session:
+                reg.register_candidate(
+                    session,
+                    version=version,
+                    base_model=base_model,
+                    data_fingerprint=data.fingerprint,
+                    config=config,
+                    metrics=metrics,
+                    artifact_path=str(bundle_root / "bundle"),
+                    artifact_sha256=digest,
+                    actor=eff.actor,
+                    notes=champion_note,
+                )
+                registered = True
+                if decision.accepted:
+                    reg.promote(session, version, actor=eff.actor, detail={"gate": decision.to_json()})
+                    status = "champion"
+                else:
+                    reg.reject(session, version, actor=eff.actor, reasons=decision.reasons)
+                    status = "rejected"
+            out_dir = reports_dir(eff.models_dir, version)
+            for name, m in dev_metrics.items():
+                write_report(out_dir, f"{name}-dev", {"dataset": name, "split": "dev", "model_version": version, **m},
+                             list(specs[DATASETS[name].task].labels))  # fmt: skip
+            summary: dict[str, Any] = {
+                "version": version,
+                "status": status,
+                "promoted": decision.accepted,
+                "gate": decision.to_json(),
+                "previous_champion": champion.version if champion else None,
+                "artifact_path": str(bundle_root / "bundle"),
+                "artifact_sha256": digest,
+                "data_fingerprint": data.fingerprint,
+                "dev": {
+                    n: {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+                    for n, m in cand_dev.items()
+                },
+                "temperatures": temperatures,
+                "label_set_changes": label_changes,
+                "data": data.summary(),
+                "steps": result.steps,
+                "planned_steps": result.planned_steps,
+                "train_seconds": round(result.seconds, 1),
+                "total_seconds": round(time.monotonic() - started, 1),
+                "reports": str(out_dir),
+            }
+            _finish_run_row(db, run_id, "succeeded", version, {"status": status, "gate": decision.to_json()})
+            return summary
+        except BaseException as exc:
+            _finish_run_row(db, run_id, "failed", version if registered else None, {"error": repr(exc)[:2000]})
+            if bundle_root is not None and not registered and bundle_root.exists():
+                shutil.rmtree(bundle_root, ignore_errors=True)
+            raise

@@ -1,0 +1,315 @@
+"""Multi-task fine-tuning: one shared encoder, one linear head per task, each batch drawn from one task.
+
+Batches: the rows of each task are tokenised once, shuffled, cut into length buckets (rows of similar length
+together, so dynamic padding wastes little), and each training step draws a task with probability proportional
+to ``size ** (1 / task_sampling_temperature)``. AdamW with linear warm-up and decay; the heads learn faster than
+the pretrained encoder. GPU: automatic mixed precision (bf16 where supported, else fp16 with a gradient scaler).
+CPU: full precision unless ``cpu_bf16``; torch uses every core it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from finetune.data import Example, TrainingData
+from finetune.settings import FinetuneSettings
+from riskstream.modeling import MultiTaskModel, build_untrained
+
+log = logging.getLogger(__name__)
+
+
+class TrainingAbortedError(RuntimeError):
+    """Training stopped on request (SIGTERM); nothing was written."""
+
+
+@dataclass
+class TrainResult:
+    model: MultiTaskModel
+    tokenizer: Any
+    device: torch.device
+    steps: int
+    planned_steps: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    precision: str = "fp32"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():  # pragma: no cover - no GPU here
+        torch.cuda.manual_seed_all(seed)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def autocast_for(device: torch.device, cpu_bf16: bool) -> tuple[Callable[[], Any], torch.dtype | None, bool]:
+    """(context factory, autocast dtype or None, needs a GradScaler)."""
+    if device.type == "cuda":  # pragma: no cover - no GPU here
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype, dtype == torch.float16
+    if cpu_bf16:
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16, False
+    return contextlib.nullcontext, None, False
+
+
+def freeze(model: MultiTaskModel, *, embeddings: bool, layers: int) -> int:
+    """Freeze the embeddings and/or the lowest ``layers`` transformer layers; returns the frozen parameter count."""
+    frozen = 0
+    encoder: Any = model.encoder
+    if embeddings and hasattr(encoder, "embeddings"):
+        for p in encoder.embeddings.parameters():
+            p.requires_grad = False
+            frozen += p.numel()
+    if layers:
+        stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if stack is None:
+            raise ValueError("freeze_layers is set but the encoder has no .encoder.layer stack")
+        for layer in list(stack)[:layers]:
+            for p in layer.parameters():
+                p.requires_grad = False
+                frozen += p.numel()
+    return frozen
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start in range(0, len(texts), 2048):
+        enc = tokenizer(list(texts[start : start + 2048]), truncation=True, max_length=max_length)
+        out.extend(enc["input_ids"])
+    return out
+
+
+def pad(batch: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest row, rounded up to ``multiple`` (fewer distinct shapes: kernels are reused)."""
+    width = max(len(ids) for ids in batch)
+    width = -(-width // multiple) * multiple
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    return input_ids, mask
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, bucket: int = 50) -> list[list[int]]:
+    """Shuffle, sort by length within windows of ``bucket`` batches, cut into batches, shuffle the batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _cycle_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    while True:
+        yield from bucketed_batches(lengths, batch_size, rng)
+
+
+def task_weights(sizes: dict[str, int], temperature: float) -> dict[str, float]:
+    raw = {task: n ** (1.0 / temperature) for task, n in sizes.items() if n > 0}
+    total = sum(raw.values())
+    return {task: w / total for task, w in raw.items()}
+
+
+def training_progress(step: int, total: int, elapsed: float, budget: float | None) -> float:
+    """Fraction of training done: by steps, or by the time budget if that runs out first."""
+    by_steps = step / total
+    if budget is None or budget <= 0:
+        return by_steps
+    return max(by_steps, elapsed / budget)
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up to the peak over the first ``warmup`` fraction, then linear decay to zero."""
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 0.01)
+    return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - warmup))
+
+
+def _param_groups(model: MultiTaskModel, lr: float, head_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("heads.")
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay), []).append(p)
+    return [
+        {"params": params, "lr": head_lr if is_head else lr, "weight_decay": 0.0 if no_decay else weight_decay}
+        for (is_head, no_decay), params in groups.items()
+    ]
+
+
+def train(
+    settings: FinetuneSettings,
+    data: TrainingData,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune the base encoder with one head per task of ``data``. Raises TrainingAbortedError if asked to stop."""
+    settings = settings.effective()
+    seed_everything(settings.seed)
+    torch.set_num_threads(settings.resolved_threads())
+    device = select_device(settings.device)
+    model, tokenizer = build_untrained(settings.resolved_base_model(), data.specs, dropout=settings.dropout)
+    frozen = freeze(model, embeddings=settings.freeze_embeddings, layers=settings.freeze_layers)
+    model.to(device)
+    model.train()
+
+    encoded = {
+        task: tokenize(tokenizer, [ex.text for ex in rows], settings.max_length) for task, rows in data.train.items()
+    }
+    labels = {task: [ex.label for ex in rows] for task, rows in data.train.items()}
+    sizes = {task: len(rows) for task, rows in data.train.items()}
+    weights = task_weights(sizes, settings.task_sampling_temperature)
+    rng = random.Random(settings.seed)
+    iters = {
+        task: _cycle_batches([len(ids) for ids in encoded[task]], settings.batch_size, random.Random(settings.seed + k))
+        for k, task in enumerate(sorted(encoded))
+    }
+    total = max(1, math.ceil(settings.epochs * sum(sizes.values()) / settings.batch_size))
+    if max_steps is not None:
+        total = min(total, max_steps)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, settings.lr, settings.head_lr, settings.weight_decay))
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    budget = settings.max_train_minutes * 60 if settings.max_train_minutes else None
+    autocast, amp_dtype, needs_scaler = autocast_for(device, settings.cpu_bf16)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    pad_id = tokenizer.pad_token_id or 0
+    loss_fn = nn.CrossEntropyLoss()
+    log.info(
+        "training %d steps on %s (%s), tasks %s, weights %s, %d frozen parameters",
+        total,
+        device,
+        amp_dtype or "fp32",
+        sizes,
+        {t: round(w, 3) for t, w in weights.items()},
+        frozen,
+    )
+
+    task_names = sorted(weights)
+    task_probs = [weights[t] for t in task_names]
+    history: list[dict[str, float]] = []
+    running: dict[str, float] = {}
+    stopped_at = total
+    started = time.monotonic()
+    bar = tqdm(total=total, desc="finetune", unit="step", disable=not progress, mininterval=2.0)
+    try:
+        for step in range(total):
+            if should_stop():
+                raise TrainingAbortedError(f"stopped at step {step}/{total}")
+            progress_done = training_progress(step, total, time.monotonic() - started, budget)
+            if progress_done >= 1.0:
+                log.warning(
+                    "time budget of %.1f min reached at step %d/%d: training ends here",
+                    (budget or 0.0) / 60,
+                    step,
+                    total,
+                )
+                stopped_at = step
+                break
+            factor = lr_factor(progress_done, settings.warmup_ratio)
+            for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                group["lr"] = peak * factor
+            task = rng.choices(task_names, task_probs)[0]
+            idx = next(iters[task])
+            input_ids, mask = pad([encoded[task][i] for i in idx], pad_id)
+            target = torch.tensor([labels[task][i] for i in idx], dtype=torch.long, device=device)
+            with autocast():
+                logits = model(input_ids.to(device), mask.to(device), [task])[task]
+                loss = loss_fn(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:  # pragma: no cover - fp16 on GPU only
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+            value = float(loss.detach())
+            running[task] = value if task not in running else 0.95 * running[task] + 0.05 * value
+            if step % 50 == 0 or step == total - 1:
+                history.append({"step": float(step), **{f"loss/{t}": v for t, v in running.items()}})
+                bar.set_postfix({t.replace("_", ""): f"{v:.3f}" for t, v in running.items()}, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    model.eval()
+    seconds = time.monotonic() - started
+    log.info("trained %d of %d planned steps in %.0f s", stopped_at, total, seconds)
+    return TrainResult(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        steps=stopped_at,
+        planned_steps=total,
+        seconds=seconds,
+        history=history,
+        precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+    )
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: MultiTaskModel,
+    tokenizer: Any,
+    texts: Sequence[str],
+    task: str,
+    *,
+    max_length: int,
+    batch_size: int = 128,
+    progress: bool = False,
+    desc: str = "score",
+) -> torch.Tensor:
+    """Raw logits of one head for ``texts`` (length-sorted batches, original order restored), float32 on CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenize(tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    head = model.heads[task]
+    assert isinstance(head, nn.Linear)
+    n_labels = head.out_features
+    out = torch.zeros((len(ids), n_labels), dtype=torch.float32)
+    pad_id = tokenizer.pad_token_id or 0
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, mininterval=2.0):
+        idx = order[start : start + batch_size]
+        input_ids, mask = pad([ids[i] for i in idx], pad_id)
+        logits = model(input_ids.to(device), mask.to(device), [task])[task]
+        out[torch.tensor(idx)] = logits.float().cpu()
+    return out
+
+
+def example_texts(rows: Sequence[Example]) -> list[str]:
+    return [ex.text for ex in rows]

@@ -1,0 +1,70 @@
+"""Calibration (temperature scaling, ECE) and the promotion gate: pure logic, no model."""
+
+from __future__ import annotations
+
+import torch
+
+from finetune.calibrate import ece, fit_temperature, nll
+from finetune.gate import decide
+
+
+def _overconfident(n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose argmax is right ~70% of the time but whose softmax claims ~99% confidence."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    wrong = torch.rand(n, generator=g) < 0.3
+    pred = torch.where(wrong, (labels + torch.randint(1, classes, (n,), generator=g)) % classes, labels)
+    logits = torch.randn(n, classes, generator=g)
+    logits[torch.arange(n), pred] += 8.0
+    return logits, labels
+
+
+def test_temperature_scaling_lowers_nll_and_ece_of_an_overconfident_model() -> None:
+    logits, labels = _overconfident()
+    temperature = fit_temperature(logits, labels)
+    assert temperature > 1.5
+    assert nll(logits, labels, temperature) < nll(logits, labels)
+    before = ece(torch.softmax(logits, -1), labels)
+    after = ece(torch.softmax(logits / temperature, -1), labels)
+    assert before > 0.2
+    assert after < before / 4
+    # accuracy is untouched: temperature never changes the argmax
+    assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
+
+
+def test_ece_is_zero_for_a_calibrated_toy() -> None:
+    probs = torch.tensor([[0.5, 0.5]] * 4)
+    labels = torch.tensor([0, 1, 0, 1])  # argmax 0, right half the time at confidence 0.5
+    assert ece(probs, labels) < 1e-6
+
+
+def _m(**f1: float) -> dict[str, dict[str, float]]:
+    return {name: {"macro_f1": value} for name, value in f1.items()}
+
+
+def test_first_model_passes_on_sanity_only() -> None:
+    assert decide(_m(a=0.5, b=0.6), None, tolerance=0.02, min_macro_f1=0.2).accepted
+    low = decide(_m(a=0.5, b=0.1), None, tolerance=0.02, min_macro_f1=0.2)
+    assert not low.accepted and "b: dev macro-F1 0.1000 is below the sanity floor" in low.reasons[0]
+
+
+def test_better_overall_is_promoted() -> None:
+    d = decide(_m(a=0.80, b=0.71), _m(a=0.78, b=0.70), tolerance=0.02)
+    assert d.accepted and d.champion_score is not None and d.candidate_score > d.champion_score
+
+
+def test_better_overall_but_one_task_falls_too_far_is_refused() -> None:
+    d = decide(_m(a=0.95, b=0.66), _m(a=0.70, b=0.70), tolerance=0.02)
+    assert not d.accepted
+    assert any("b: dev macro-F1 falls by 0.0400" in r for r in d.reasons)
+
+
+def test_not_better_is_refused_and_missing_dataset_is_refused() -> None:
+    assert not decide(_m(a=0.70, b=0.70), _m(a=0.70, b=0.70), tolerance=0.02).accepted
+    d = decide(_m(a=0.9), _m(a=0.7, b=0.7), tolerance=0.02)
+    assert not d.accepted and any("not evaluated on b" in r for r in d.reasons)
+
+
+def test_min_improvement() -> None:
+    assert not decide(_m(a=0.705), _m(a=0.70), tolerance=0.02, min_improvement=0.01).accepted
+    assert decide(_m(a=0.72), _m(a=0.70), tolerance=0.02, min_improvement=0.01).accepted

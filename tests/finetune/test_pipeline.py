@@ -1,0 +1,219 @@
+"""End to end on the real SQLite store with a tiny real model: run -> register -> gate -> promote, the gate
+refusing a worse candidate, rollback, corrupt artifacts, the eval JSON contract, the exclusive run lock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from finetune import registry as reg
+from finetune.cli import eval_cmd, finetune
+from finetune.data import DataError, load_training_data
+from finetune.pipeline import AlreadyRunningError, evaluate_on_dev, run_lock, run_pipeline
+from finetune.testing import tiny_settings
+from riskstream.db import Database
+from riskstream.modeling import ArtifactError, load_bundle, save_bundle
+from riskstream.registry import get_champion, get_version, list_versions
+from tests.finetune.conftest import write_csv
+
+pytestmark = pytest.mark.slow
+
+
+def _env(seed: Path, data_dir: Path) -> dict[str, str]:
+    return {
+        "RISKSTREAM_SEED_DATA": str(seed),
+        "RISKSTREAM_DATA_DIR": str(data_dir),
+        "RISKSTREAM_DATABASE_URL": f"sqlite:///{data_dir / 'riskstream.db'}",
+        "RISKSTREAM_GATE_MIN_MACRO_F1": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def _register(db: Database, bundle: Path, version: str, seed: Path, data_dir: Path) -> dict[str, Any]:
+    """Register a bundle with dev metrics measured on the seed slice (as a fine-tune run would)."""
+    loaded = load_bundle(bundle)
+    data = load_training_data(seed)
+    _, metrics = evaluate_on_dev(
+        loaded.model, loaded.tokenizer, loaded.manifest.tasks, data.dev, max_length=32, batch_size=64,
+        calibrate=False, progress=False,
+    )  # fmt: skip
+    dev = {n: {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "n": m["n"]} for n, m in metrics.items()}
+    with db.session() as session:
+        reg.register_candidate(
+            session, version=version, base_model="tiny", data_fingerprint=data.fingerprint, config={},
+            metrics={"dev": dev}, artifact_path=str(bundle), artifact_sha256=loaded.sha256, actor="test",
+        )  # fmt: skip
+    return dev
+
+
+def _scrambled_copy(src: Path, dst: Path, version: str) -> Path:
+    """The same model with every head's label rows rotated: each prediction lands on the wrong label."""
+    loaded = load_bundle(src)
+    with torch.no_grad():
+        for head in loaded.model.heads.values():
+            assert isinstance(head, torch.nn.Linear)
+            head.weight.copy_(head.weight.roll(1, dims=0) * 3)
+            head.bias.copy_(head.bias.roll(1, dims=0) * 3 + torch.arange(head.bias.numel()) * 0.5)
+    loaded.manifest.version = version
+    save_bundle(loaded.model, loaded.tokenizer, loaded.manifest, dst)
+    return dst
+
+
+def test_run_trains_registers_and_promotes_a_loadable_bundle(seed_slice: Path, tmp_path: Path, db: Database) -> None:
+    settings = tiny_settings(seed_slice, tmp_path)
+    summary = run_pipeline(settings, db, max_steps=3, progress=False)
+    assert summary["status"] == "champion" and summary["promoted"]
+    assert summary["gate"]["reasons"] == ["no champion yet: promoted after the sanity check"]
+    with db.session() as session:
+        champ = get_champion(session)
+        assert champ is not None and champ.version == summary["version"]
+        assert champ.data_fingerprint == summary["data_fingerprint"]
+        assert set(champ.metrics["dev"]) == {
+            "financial_phrasebank", "fin_tweets_sentiment", "fin_tweets_topic", "cs_sentiment", "banking77",
+        }  # fmt: skip
+        events = [e.action for e in reg.events(session, champ.version)]
+    assert events == ["register", "promote"]
+    bundle = load_bundle(Path(champ.artifact_path), expected_sha256=champ.artifact_sha256)
+    assert bundle.manifest.tasks["cs_topic"].labels and len(bundle.manifest.tasks["cs_topic"].labels) == 77
+    assert all(spec.temperature > 0 for spec in bundle.manifest.tasks.values())
+    # reports live beside the bundle, not inside its checksummed directory
+    reports = tmp_path / "models" / champ.version / "reports"
+    assert (reports / "banking77-dev.json").is_file() and (reports / "banking77-dev-confusion.png").is_file()
+    assert (reports / "cs_sentiment-dev-reliability.png").is_file()
+
+
+def test_label_set_change_is_refused_before_training(seed_slice: Path, tmp_path: Path, db: Database, tiny: Any) -> None:
+    path, digest = tiny
+    with db.session() as session:
+        reg.register_candidate(
+            session, version="m-champ", base_model="tiny", data_fingerprint="x", config={}, metrics={},
+            artifact_path=str(path), artifact_sha256=digest, actor="test",
+        )  # fmt: skip
+        reg.promote(session, "m-champ", actor="test")
+    seed = tmp_path / "seed"
+    shutil.copytree(seed_slice, seed)
+    with (seed / "banking77" / "train.csv").open("a", encoding="utf-8", newline="") as fh:
+        fh.write("I want to buy bitcoin with my card,crypto_purchase\r\n")
+    with pytest.raises(
+        DataError, match=r"cs_topic: label set differs from the champion's head \(added \['crypto_purchase'\]"
+    ):
+        run_pipeline(tiny_settings(seed, tmp_path), db, max_steps=1, progress=False)
+    with db.session() as session:
+        assert [v.version for v in list_versions(session)] == ["m-champ"]
+        champ = get_champion(session)
+        assert champ is not None and champ.version == "m-champ"
+
+
+def test_gate_refuses_a_worse_candidate_and_rollback_restores(
+    seed_slice: Path, tmp_path: Path, db: Database, tiny: Any
+) -> None:
+    good = tmp_path / "models" / "m-good" / "bundle"
+    shutil.copytree(tiny[0], good)
+    bad = _scrambled_copy(good, tmp_path / "models" / "m-bad" / "bundle", "m-bad")
+    good_dev = _register(db, good, "m-good", seed_slice, tmp_path)
+    bad_dev = _register(db, bad, "m-bad", seed_slice, tmp_path)
+    mean = lambda d: sum(m["macro_f1"] for m in d.values()) / len(d)  # noqa: E731
+    assert mean(bad_dev) < mean(good_dev)
+
+    runner = CliRunner()
+    env = _env(seed_slice, tmp_path)
+    first = runner.invoke(finetune, ["promote", "m-good"], env=env)
+    assert first.exit_code == 0, first.output
+    refused = runner.invoke(finetune, ["promote", "m-bad"], env=env)
+    assert refused.exit_code != 0 and "refused by the gate" in refused.output
+    with db.session() as session:
+        champ = get_champion(session)
+        assert champ is not None and champ.version == "m-good"
+
+    forced = runner.invoke(finetune, ["promote", "m-bad", "--force", "--actor", "alice"], env=env)
+    assert forced.exit_code == 0, forced.output
+    with db.session() as session:
+        champ = get_champion(session)
+        assert champ is not None and (champ.version, champ.promoted_by) == ("m-bad", "alice")
+
+    back = runner.invoke(finetune, ["rollback", "--actor", "bob"], env=env)
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout) == {"champion": "m-good", "rolled_back": "m-bad"}
+    with db.session() as session:
+        champ = get_champion(session)
+        assert champ is not None and champ.version == "m-good"
+        bad_row = get_version(session, "m-bad")
+        assert bad_row is not None and bad_row.status == "retired"
+        assert [e.action for e in reg.events(session)] == ["register", "register", "promote", "promote", "rollback"]
+
+    listed = runner.invoke(finetune, ["list", "--json"], env=env)
+    assert {v["version"]: v["status"] for v in json.loads(listed.stdout)} == {"m-good": "champion", "m-bad": "retired"}
+
+
+def test_corrupt_artifact_is_refused_at_promote_and_load(
+    seed_slice: Path, tmp_path: Path, db: Database, tiny: Any
+) -> None:
+    bundle = tmp_path / "models" / "m-corrupt" / "bundle"
+    shutil.copytree(tiny[0], bundle)
+    with db.session() as session:
+        reg.register_candidate(
+            session, version="m-corrupt", base_model="tiny", data_fingerprint="x", config={}, metrics={},
+            artifact_path=str(bundle), artifact_sha256=tiny[1], actor="test",
+        )  # fmt: skip
+    heads = bundle / "heads.safetensors"
+    blob = bytearray(heads.read_bytes())
+    blob[-10] ^= 0xFF
+    heads.write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch in heads\.safetensors"):
+        load_bundle(bundle, expected_sha256=tiny[1])
+    result = CliRunner().invoke(finetune, ["promote", "m-corrupt", "--force"], env=_env(seed_slice, tmp_path))
+    assert result.exit_code != 0 and "corrupt or unloadable" in result.output
+    with db.session() as session:
+        assert get_champion(session) is None
+        row = get_version(session, "m-corrupt")
+        assert row is not None and row.status == "candidate"
+
+
+def test_eval_prints_the_contract_json_for_the_champion(
+    seed_slice: Path, tmp_path: Path, db: Database, tiny: Any
+) -> None:
+    runner = CliRunner()
+    env = _env(seed_slice, tmp_path)
+    none = runner.invoke(eval_cmd, ["--dataset", "banking77", "--split", "test", "--json"], env=env)
+    assert none.exit_code != 0 and "no promoted model" in none.output
+    with db.session() as session:
+        reg.register_candidate(
+            session, version="m-eval", base_model="tiny", data_fingerprint="x", config={}, metrics={},
+            artifact_path=str(tiny[0]), artifact_sha256=tiny[1], actor="test",
+        )  # fmt: skip
+        reg.promote(session, "m-eval", actor="test")
+    result = runner.invoke(eval_cmd, ["--dataset", "banking77", "--split", "test", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {"dataset", "n", "accuracy", "macro_f1", "model_version", "ece", "task", "per_class"} <= set(out)
+    assert (out["dataset"], out["model_version"], out["task"], out["n"]) == ("banking77", "m-eval", "cs_topic", 154)
+    assert 0.0 <= out["accuracy"] <= 1.0 and len(out["per_class"]) == 77
+    assert {"precision", "recall"} <= set(out["per_class"]["card_arrival"])
+    assert Path(out["report"]["confusion_png"]).is_file()
+    bad = runner.invoke(eval_cmd, ["--dataset", "nope", "--json"], env=env)
+    assert bad.exit_code != 0 and "unknown dataset 'nope'" in bad.output
+
+
+def test_a_second_run_is_refused_while_one_holds_the_lock(seed_slice: Path, tmp_path: Path, db: Database) -> None:
+    settings = tiny_settings(seed_slice, tmp_path)
+    with run_lock(tmp_path), pytest.raises(AlreadyRunningError, match="another fine-tune run holds"):
+        run_pipeline(settings, db, max_steps=1, progress=False)
+    with db.session() as session:
+        assert list_versions(session) == []
+
+
+def test_bad_csv_rows_do_not_stop_a_run(seed_slice: Path, tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    shutil.copytree(seed_slice, seed)
+    with (seed / "cs_sentiment" / "train.csv").open("a", encoding="utf-8", newline="") as fh:
+        fh.write(",negative\r\nbroken,row,here\r\n")
+    write_csv(seed / "x" / "unused.csv", [])
+    data = load_training_data(seed)
+    assert data.stats["cs_sentiment/train"]["empty"] == 1
+    assert data.stats["cs_sentiment/train"]["malformed"] == 1
