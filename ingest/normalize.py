@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
+
 from schemas.records import Entity
 
 TRACKING_PARAMS = frozenset(
@@ -101,6 +103,11 @@ class LanguageDetector:
 
         self.sample_chars = sample_chars
         self._identifier = LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=False)
+        # the shipped feature table is float16, which numpy multiplies in software: one float32 copy (~57 MB)
+        # makes each score about 3x cheaper, the same argmax
+        table = getattr(self._identifier, "nb_ptc", None)
+        if table is not None and getattr(table, "dtype", None) == np.float16:
+            self._identifier.nb_ptc = table.astype(np.float32)
         self._lock = threading.Lock()
 
     def detect(self, text: str) -> str | None:

@@ -77,7 +77,6 @@ class KafkaPublisher:
             # a record is acknowledged or failed within the publish timeout (the producer retries inside it)
             delivery_timeout_ms=delivery_ms,
             request_timeout_ms=max(1000, min(30_000, delivery_ms // 2 - settings.linger_ms)),
-            key_serializer=lambda k: k.encode("utf-8"),
         )
 
     def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
@@ -85,7 +84,7 @@ class KafkaPublisher:
         failed: dict[str, str] = {}
         for key, value in records:
             try:
-                futures.append((key, self._producer.send(topic, key=key, value=value)))
+                futures.append((key, self._producer.send(topic, key=key.encode("utf-8"), value=value)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
         self._producer.flush(timeout=self.timeout_s)
