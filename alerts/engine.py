@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import faust
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from alerts import store, webhooks
 from alerts.rules import Evaluator, Rule, load_rules_file
@@ -155,6 +157,14 @@ def dead_letter(raw: bytes | None, key: bytes | None, reason: str, error: str, m
     )
 
 
+def _retry_logger(alert_id: str) -> Callable[[RetryCallState], None]:
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("alert %s not recorded yet (attempt %d): %r", alert_id, state.attempt_number, exc)
+
+    return log_retry
+
+
 def parse_scored(raw: bytes | None) -> ScoredDocument:
     if raw is None:
         raise ValueError("empty message")
@@ -200,8 +210,16 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
             if alert.rule_id in engine.muted:
                 log.info("alert %s not sent: rule %s is muted", alert.id, alert.rule_id)
                 continue
-            await in_thread(partial(engine.record, alert))
-            await alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
+            # The window is already marked as fired in the state table, so an alert must not be dropped on an
+            # Elasticsearch, database or Kafka hiccup: retry (the stream waits, nothing is lost) until it goes out.
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.5, max=30),
+                before_sleep=_retry_logger(alert.id),
+                reraise=True,
+            ):
+                with attempt:
+                    await in_thread(partial(engine.record, alert))
+                    await alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
             log.info("alert %s fired: %s", alert.id, alert.message)
 
     @app.task
@@ -215,7 +233,8 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
             try:
                 doc = parse_scored(event.value)
             except (ValidationError, ValueError) as exc:
-                reason = "invalid_json" if "json" in str(exc).lower() else "schema_violation"
+                kinds = {e["type"] for e in exc.errors()} if isinstance(exc, ValidationError) else set()
+                reason = "invalid_json" if "json_invalid" in kinds else "schema_violation"
                 letter = dead_letter(event.value, event.key, reason, str(exc), message)
                 await dlq.send(key=event.key, value=letter.model_dump_json().encode())
                 continue
@@ -229,12 +248,20 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
 
     @app.timer(interval=settings.alerts_rules_refresh)
     async def refresh_rules() -> None:
-        rules = await in_thread(engine.current_rules)
+        try:
+            rules = await in_thread(engine.current_rules)
+        except SQLAlchemyError as exc:  # keep evaluating the rules we have
+            log.warning("rule refresh failed, keeping %d rule(s): %r", len(evaluator().rules), exc)
+            return
         evaluator().set_rules(rules)
 
     @app.timer(interval=settings.webhook_poll)
     async def deliveries() -> None:
-        report = await in_thread(engine.deliver)
+        try:
+            report = await in_thread(engine.deliver)
+        except SQLAlchemyError as exc:  # the store is down: pending rows stay pending, next tick retries
+            log.warning("delivery loop: store unavailable: %r", exc)
+            return
         if report.delivered or report.retried or report.failed:
             log.info("webhooks: %d delivered, %d to retry, %d failed", report.delivered, report.retried, report.failed)
 
