@@ -81,6 +81,8 @@ def crawl_cmd(feeds: tuple[str, ...], once: bool, settings: IngestSettings) -> N
         finally:
             fetcher.close()
     echo_json(stats.as_dict())
+    if stats.publish_failures:
+        raise SystemExit(1)  # cron sees the failure; nothing was marked done
 
 
 @ingest.command("serve")

@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from ingest.normalize import message_id, parse_datetime
 from ingest.pipeline import Ingestor
+from ingest.publisher import PublishError
 from riskstream.db import Database
 from schemas.db import ProcessedFileRow
 from schemas.records import DeadLetter, RawDocument
@@ -45,6 +46,7 @@ class FileStats:
     documents: int = 0
     duplicates: int = 0
     bad_lines: int = 0
+    publish_failures: int = 0
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -181,17 +183,26 @@ class DirectoryWatcher:
         stats.per_file[path.name] = {"documents": published, "duplicates": duplicates, "bad_lines": len(dead)}
         log.info("%s: %d published, %d duplicates, %d bad lines", path.name, published, duplicates, len(dead))
 
-    def scan(self) -> FileStats:
+    def scan(self, *, keep_going: bool = False) -> FileStats:
+        """Process every new file. With ``keep_going`` a file whose documents were not acknowledged is logged
+        and left unrecorded (the next scan reads it again) instead of raising."""
         stats = FileStats()
         for path in self.candidates():
-            self.process_file(path, stats)
+            try:
+                self.process_file(path, stats)
+            except PublishError as exc:
+                if not keep_going:
+                    raise
+                stats.publish_failures += 1
+                log.error("%s: %s; the file will be read again", path.name, exc)
         return stats
 
     def run(self, *, poll_s: float, once: bool, stop: Callable[[], bool] = lambda: False) -> FileStats:
-        total = self.scan()
+        total = self.scan(keep_going=not once)
         while not once and not stop():
             time.sleep(poll_s)
-            stats = self.scan()
+            stats = self.scan(keep_going=True)
+            total.publish_failures += stats.publish_failures
             total.files += stats.files
             total.documents += stats.documents
             total.bad_lines += stats.bad_lines

@@ -21,6 +21,7 @@ from ingest.crawler.feeds import FeedEntry, parse_feed
 from ingest.crawler.fetch import Fetcher, FetchError
 from ingest.normalize import canonical_url, news_id
 from ingest.pipeline import Ingestor
+from ingest.publisher import PublishError
 from schemas.records import RawDocument
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class CrawlStats:
     duplicates: int = 0
     copies: int = 0
     summary_fallbacks: int = 0
+    publish_failures: int = 0  # feeds whose documents the broker did not acknowledge (retried next pass)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
 
     def as_dict(self) -> dict[str, object]:
@@ -148,7 +150,12 @@ class Crawler:
     def crawl(self, feeds: Sequence[str]) -> CrawlStats:
         stats = CrawlStats()
         for feed in feeds:
-            self.crawl_feed(feed, stats)
+            try:
+                self.crawl_feed(feed, stats)
+            except PublishError as exc:
+                # the feed's validators were not stored: the next pass fetches and publishes it again
+                stats.publish_failures += 1
+                log.error("feed %s: %s", feed, exc)
         log.info("crawl pass: %s", stats.as_dict())
         return stats
 

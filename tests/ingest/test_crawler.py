@@ -233,3 +233,16 @@ def test_wrong_encodings(site: Site, fetcher: Fetcher, ingestor: Ingestor, sink:
     assert "Zürich and Köln" in docs["Märkte in Zürich"].text
     assert stats.skipped["undecodable"] == 1
     assert docs["Binary"].metadata["text_source"] == "feed_summary"  # the entry survives with its summary
+
+
+def test_unacknowledged_feed_is_fetched_again_next_pass(
+    site: Site, fetcher: Fetcher, ingestor: Ingestor, sink: ListSink
+) -> None:
+    news_site(site)
+    sink.fail_next = 1  # the broker does not acknowledge the first pass
+    crawler = Crawler(fetcher, ingestor)
+    first = crawler.crawl([site.url("/feed.xml")])
+    assert first.publish_failures == 1 and sink.docs == []
+    second = crawler.crawl([site.url("/feed.xml")])
+    assert [s.status for s in site.requests_to("/feed.xml")] == [200, 200]  # no 304: validators were not stored
+    assert second.published == 3 and len(sink.docs) == 3
