@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import faust
+from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
@@ -41,6 +42,13 @@ from schemas.records import Alert, DeadLetter, ScoredDocument
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+DOCUMENTS = Counter("riskstream_alerts_documents_total", "Scored documents the alert engine evaluated.")
+LATE = Counter("riskstream_alerts_late_documents_total", "Window assignments refused because the window had closed.")
+DEAD_LETTERS = Counter("riskstream_alerts_dead_letters_total", "Messages sent to the dead-letter topic.", ["reason"])
+FIRED = Counter("riskstream_alerts_fired_total", "Alerts fired.", ["rule", "severity"])
+DELIVERIES = Counter("riskstream_alert_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"])
+OPEN_WINDOWS = Gauge("riskstream_alerts_open_windows", "Windows currently open across all rules and groups.")
 
 
 class WebhookNotConfiguredError(Exception):
@@ -220,6 +228,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                 with attempt:
                     await in_thread(partial(engine.record, alert))
                     await alerts_topic.send(key=alert.id.encode(), value=alert.model_dump_json().encode())
+            FIRED.labels(alert.rule_id, alert.severity).inc()
             log.info("alert %s fired: %s", alert.id, alert.message)
 
     @app.task
@@ -236,15 +245,22 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                 kinds = {e["type"] for e in exc.errors()} if isinstance(exc, ValidationError) else set()
                 reason = "invalid_json" if "json_invalid" in kinds else "schema_violation"
                 letter = dead_letter(event.value, event.key, reason, str(exc), message)
+                DEAD_LETTERS.labels(reason).inc()
                 await dlq.send(key=event.key, value=letter.model_dump_json().encode())
                 continue
             engine.last_event = time.monotonic()
-            await emit(evaluator().add(doc))
+            ev = evaluator()
+            late_before = ev.stats.late
+            fired = ev.add(doc)
+            DOCUMENTS.inc()
+            LATE.inc(ev.stats.late - late_before)
+            await emit(fired)
 
     @app.timer(interval=max(0.5, min(settings.alerts_idle_close, 5.0)))
     async def close_idle() -> None:
         if time.monotonic() - engine.last_event >= settings.alerts_idle_close:
             await emit(evaluator().advance(datetime.now(tz=UTC)))
+        OPEN_WINDOWS.set(evaluator().open_windows())
 
     @app.timer(interval=settings.alerts_rules_refresh)
     async def refresh_rules() -> None:
@@ -262,6 +278,9 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         except SQLAlchemyError as exc:  # the store is down: pending rows stay pending, next tick retries
             log.warning("delivery loop: store unavailable: %r", exc)
             return
+        DELIVERIES.labels("delivered").inc(report.delivered)
+        DELIVERIES.labels("retry").inc(report.retried)
+        DELIVERIES.labels("failed").inc(report.failed)
         if report.delivered or report.retried or report.failed:
             log.info("webhooks: %d delivered, %d to retry, %d failed", report.delivered, report.retried, report.failed)
 
@@ -275,6 +294,9 @@ def run(settings: AlertSettings) -> None:
     rules = engine.current_rules()
     log.info("alert engine starting with %d rule(s): %s", len(rules), json.dumps([r.id for r in rules]))
     partitions = topic_partitions(settings.kafka_bootstrap, settings.topic_scored)
+    if settings.alerts_metrics_port:
+        start_http_server(settings.alerts_metrics_port, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.alerts_metrics_port)
     app = build_app(settings, engine, partitions)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     try:

@@ -59,3 +59,8 @@ class AlertSettings(CommonSettings):
     webhook_poll: float = Field(
         default=2.0, description="Seconds between scans of the delivery queue: lower delivers sooner, more queries."
     )
+    alerts_metrics_port: int = Field(
+        default=0,
+        description="Serve Prometheus metrics (documents, alerts fired, deliveries, dead letters, open windows) on "
+        "127.0.0.1:PORT; 0 turns the endpoint off.",
+    )

@@ -171,3 +171,10 @@ def test_replay_gives_same_alert_ids_and_state_is_plain_json() -> None:
     json.dumps(state)  # a faust Table with the json serializer can hold it
     restored = Evaluator([r], json.loads(json.dumps(state)), lateness=timedelta(hours=1))
     assert [a.id for a in restored.advance(T0 + timedelta(days=1))] == [a.id for a in first]
+
+
+def test_shipped_starter_rules_validate() -> None:
+    path = Path(__file__).resolve().parents[2] / "alerts" / "default_rules.yaml"
+    rules = load_rules_file(path)
+    assert {r.channel for r in rules} == {"news", "customer_service"}
+    assert all(not r.webhooks for r in rules)  # nothing is sent anywhere until an operator adds a target
