@@ -125,14 +125,17 @@ class Stack:
             return None
         return ensure_system_user(self.settings.service_user)
 
-    def _runtime_root(self, name: str, account: pwd.struct_passwd | None) -> Path:
+    def _runtime_root(self, name: str, account: pwd.struct_passwd | None, *, create: bool) -> Path:
+        """Where a service's files live; with ``create``, make the fallback dir and its symlink (see module doc)."""
         link = self.dir / name
+        if link.is_symlink():
+            return link.resolve()
         if account is None or reachable_by(self.dir, account):
-            if link.is_symlink():
-                return link.resolve()
             return link
         key = hashlib.sha256(str(self.dir).encode()).hexdigest()[:12]
         target = SYSTEM_ROOT / "stacks" / key / name
+        if not create:
+            return target
         for parent in (SYSTEM_ROOT, SYSTEM_ROOT / "stacks", SYSTEM_ROOT / "stacks" / key):
             parent.mkdir(exist_ok=True)
             parent.chmod(0o755)
@@ -150,14 +153,15 @@ class Stack:
             return cache
         return SYSTEM_ROOT / "dist"
 
-    def service(self, name: str, previous: dict[str, Any] | None = None) -> Service:
+    def service(self, name: str, previous: dict[str, Any] | None = None, *, create: bool = False) -> Service:
+        """The service object for ``name``; ``create`` prepares its directories (only `up` needs them)."""
         previous = previous or {}
         if name == "kafka":
             from launcher.kafka import KafkaService
 
             return KafkaService(self.settings, self.dir / "kafka", previous)
         account = self._account(name)
-        root = self._runtime_root(name, account)
+        root = self._runtime_root(name, account, create=create)
         if name == "elasticsearch":
             from launcher.elasticsearch import ElasticsearchService
 
@@ -216,6 +220,7 @@ class Stack:
                     f"stop the process on port {port} (`ss -ltnp 'sport = :{port}'` shows it) or choose another "
                     f"address with {ADDRESS_SETTING[name]}",
                 )
+        svc = self.service(name, previous, create=True)
         svc.prepare()
         record = svc.start()
         started.append((svc, record))

@@ -106,11 +106,12 @@ def test_up_is_idempotent_status_reports_and_down_leaves_nothing(kafka_only: Sta
     assert restarted.healthy and restarted.action == "started" and restarted.pid != first.pid
 
 
-def test_a_failed_up_stops_what_it_started(kafka_only: Stack, tmp_path: Path) -> None:
+def test_a_failed_up_stops_what_it_started(kafka_only: Stack, request: pytest.FixtureRequest) -> None:
     settings = kafka_only.settings.model_copy(
         update={"services": "kafka,elasticsearch", "es_heap": "not-a-size", "start_timeout": 120.0}
     )
     stack = Stack(settings)
+    request.addfinalizer(lambda: stack.down(["kafka", "elasticsearch"], purge=True))
     with pytest.raises(ServiceError) as failure:
         stack.up(["kafka", "elasticsearch"])
     message = str(failure.value)
