@@ -19,6 +19,7 @@ from elasticsearch import ApiError
 from dashboard.auth import AuthError, LoginSession, LoginThrottle, PermissionDeniedError, authenticate
 from dashboard.data import TASKS, DataLayer, NotFoundError
 from dashboard.settings import DashboardSettings
+from dashboard.text import md
 
 PAGES: dict[str, str] = {
     "Live risk": "viewer",
@@ -127,15 +128,17 @@ def search_page(data: DataLayer, session: LoginSession) -> None:
     st.caption(f"{len(hits)} results")
     for hit in hits:
         title = hit.get("title") or hit["text"][:100]
-        with st.expander(f"[{hit['channel']}] {title}"):
-            st.write(hit["text"])
-            st.write(
-                f"sentiment **{hit['sentiment']['label']}** ({hit['sentiment']['score']:.2f}) · "
-                f"topic **{hit['topic']['label']}** ({hit['topic']['score']:.2f}) · "
-                f"risk {hit.get('risk_score') or 0:.2f} · model `{hit['model_version']}` · source {hit['source']}"
+        with st.expander(f"\\[{hit['channel']}\\] {md(title)}"):
+            st.text(hit["text"])
+            st.markdown(
+                f"sentiment **{md(hit['sentiment']['label'])}** ({hit['sentiment']['score']:.2f}) · "
+                f"topic **{md(hit['topic']['label'])}** ({hit['topic']['score']:.2f}) · "
+                f"risk {hit.get('risk_score') or 0:.2f} · model {md(hit['model_version'])} · source {md(hit['source'])}"
             )
             if hit["labels"]:
-                st.write("Labels: " + ", ".join(f"{lb['task']}={lb['label']} ({lb['by']})" for lb in hit["labels"]))
+                st.markdown(
+                    "Labels: " + ", ".join(md(f"{lb['task']}={lb['label']} ({lb['by']})") for lb in hit["labels"])
+                )
 
 
 def labeling_page(data: DataLayer, session: LoginSession) -> None:
@@ -150,11 +153,12 @@ def labeling_page(data: DataLayer, session: LoginSession) -> None:
     for item in items:
         with st.container(border=True):
             if item.title:
-                st.markdown(f"**{item.title}**")
-            st.write(item.text)
+                st.markdown(f"**{md(item.title)}**")
+            st.text(item.text)
             st.caption(
-                f"model `{item.model_version}` predicts **{item.predicted_label}** ({item.predicted_score:.2f}); "
-                f"uncertainty {item.uncertainty:.2f} · {item.source} · {item.ingested_at}"
+                f"model {md(item.model_version)} predicts **{md(item.predicted_label)}** "
+                f"({item.predicted_score:.2f}); uncertainty {item.uncertainty:.2f} · {md(item.source)} · "
+                f"{md(item.ingested_at)}"
             )
             chosen: str | None = None
             if len(item.options) <= 5:
@@ -169,7 +173,7 @@ def labeling_page(data: DataLayer, session: LoginSession) -> None:
                     chosen = option
             if chosen is not None:
                 data.save_label(session.user, item.doc_id, task, chosen)
-                st.toast(f"labeled {item.doc_id}: {chosen}")
+                st.toast(md(f"labeled {item.doc_id}: {chosen}"))
                 st.rerun()
 
 
@@ -201,7 +205,7 @@ def admin_page(data: DataLayer, session: LoginSession) -> None:
         for err in invalid:
             st.warning(err)
         for rule in rules:
-            with st.expander(f"{'🟢' if rule.enabled else '⚪'} {rule.id}: {rule.name}"):
+            with st.expander(f"{'🟢' if rule.enabled else '⚪'} {md(rule.id)}: {md(rule.name)}"):
                 st.code(json.dumps(rule.model_dump(mode="json"), indent=2), language="json")
                 c1, c2, c3 = st.columns(3)
                 if c1.button("Disable" if rule.enabled else "Enable", key=f"tog:{rule.id}"):
@@ -269,7 +273,7 @@ def main() -> None:
         st.error(str(exc))
         return
     with st.sidebar:
-        st.write(f"Logged in as **{user.username}** ({user.role})")
+        st.markdown(f"Logged in as **{md(user.username)}** ({user.role})")
         if st.button("Log out"):
             del st.session_state[SESSION_KEY]
             st.rerun()

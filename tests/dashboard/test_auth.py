@@ -75,3 +75,13 @@ def test_session_expires_when_idle(db: Database) -> None:
     assert session.touch(now=1059.0)
     assert session.touch(now=1118.0)  # activity keeps it alive
     assert not session.touch(now=1179.0)
+
+
+def test_untrusted_text_cannot_inject_markdown() -> None:
+    from dashboard.text import md
+
+    hostile = "![x](http://169.254.169.254/pixel.png) [click](javascript:alert(1)) **bold** <b>hi</b>"
+    escaped = md(hostile)
+    for raw in ("![x](", "[click](", "**bold**", "<b>"):
+        assert raw not in escaped
+    assert escaped.replace("\\", "") == hostile  # nothing lost, only escaped

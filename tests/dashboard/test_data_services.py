@@ -164,3 +164,39 @@ def test_login_page_refuses_wrong_password_and_admits_the_right_one(
     assert any("Logged in as" in m.value for m in app.sidebar.markdown)
     assert "Labeling queue" in app.sidebar.radio[0].options and "Admin" not in app.sidebar.radio[0].options
     st.cache_resource.clear()
+
+
+def test_every_page_renders_and_a_label_click_lands_in_the_store(
+    settings: CommonSettings, env: tuple[DataLayer, Database, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    _, db, _ = env
+    add_user(db, "boss", "admin")
+    for key, value in {
+        "RISKSTREAM_DATA_DIR": str(settings.data_dir),
+        "RISKSTREAM_DATABASE_URL": settings.db_url,
+        "RISKSTREAM_ES_URL": settings.es_url,
+        "RISKSTREAM_ES_DOCS_ALIAS": settings.es_docs_alias,
+        "RISKSTREAM_ES_ALERTS_ALIAS": settings.es_alerts_alias,
+    }.items():
+        monkeypatch.setenv(key, value)
+    import streamlit as st
+
+    st.cache_resource.clear()
+    app = AppTest.from_file(str(APP), default_timeout=30).run()
+    app.text_input[0].input("boss")
+    app.text_input[1].input(PASSWORD)
+    app.button[0].click().run()
+    for page in ("Live risk", "Alerts", "Search", "Admin", "Labeling queue"):
+        app.sidebar.radio[0].set_value(page).run()
+        assert not app.exception, (page, [e.value for e in app.exception])
+        assert not app.error, (page, [e.value for e in app.error])
+    # the queue's first document is the most uncertain news document: d-high; its first button is "negative"
+    first = next(b for b in app.button if b.label == "neutral")
+    first.click().run()
+    assert not app.exception
+    with db.session() as s:
+        row = s.scalars(select(LabelRow)).one()
+    assert (row.doc_id, row.task, row.label, row.labeled_by) == ("d-high", "news_sentiment", "neutral", "boss")
+    st.cache_resource.clear()
