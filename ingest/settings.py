@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -170,7 +171,7 @@ class IngestSettings(CommonSettings):
     )
 
     # ---- producer ---------------------------------------------------------------------------------------------
-    compression: str = Field(
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Kafka compression: lz4 (fast), gzip (smaller, slower), zstd, snappy or none."
     )
     linger_ms: int = Field(default=10, ge=0, description="Producer linger: larger batches, higher latency.")
