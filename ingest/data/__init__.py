@@ -1,0 +1,1 @@
+"""Small resources shipped with ingest: the company list, the name gazetteer, the labeled PII set."""
