@@ -11,7 +11,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from riskstream.modeling import (  # noqa: E402
+from riskstream.modeling import (
     SENTIMENT_LABELS,
     BundleManifest,
     TaskSpec,
@@ -38,8 +38,8 @@ def make_bundle(path: Path, version: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model, tokenizer = build_untrained(default_base_model(), _tasks())
     with torch.no_grad():
-        for head in model.heads.values():
-            head.weight.mul_(8.0)
+        for head in model.heads.parameters():
+            head.mul_(8.0)
     return save_bundle(model, tokenizer, BundleManifest(version=version, base_model="all-MiniLM-L6-v2",
                                                         tasks=_tasks(), max_length=128), path)
 

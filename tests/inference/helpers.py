@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -32,10 +33,8 @@ def create_topics(settings: CommonSettings, partitions: int = 3) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
     try:
         for topic in (settings.topic_raw, settings.topic_scored, settings.topic_dlq):
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(topic, partitions, 1)])
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -100,7 +99,8 @@ def register(settings: CommonSettings, version: str, path: Path, digest: str, *,
     db = Database(settings.db_url)
     with db.session() as session:
         if retire_others:
-            session.execute(update(ModelVersionRow).where(ModelVersionRow.status == "champion").values(status="retired"))
+            champions = update(ModelVersionRow).where(ModelVersionRow.status == "champion")
+            session.execute(champions.values(status="retired"))
         session.add(
             ModelVersionRow(
                 version=version,
@@ -173,10 +173,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
     def block(self) -> None:
         self.blocked.set()

@@ -1,0 +1,494 @@
+"""``riskstream bench inference`` and ``riskstream bench e2e``: side-by-side measurements in one run.
+
+``bench inference`` scores the same N seed test texts (``fin_tweets_topic`` test) with
+
+(a) a Hugging Face ``Pipeline`` one document at a time (the naive loop),
+(b) the same pipeline with ``batch_size=32``,
+(c) the riskstream engine in FP32, and
+(d) each fast path (int8 dynamic quantization, bf16 autocast),
+
+and reports documents/s, non-padding tokens/s, and the share of this machine's FP32 GEMM ceiling the engine
+reaches: a GEMM of the encoder's feed-forward shape is timed in the same run, and tokens/s are converted to FLOP/s
+with the encoder's FLOPs per token (2 x parameters of its Linear layers + 4 x layers x hidden x sequence length for
+attention scores and values). The pipeline wraps *the same bundle* (its encoder, the ``news_topic`` head and its
+temperature) in a ``transformers.Pipeline`` subclass, so model and documents are identical; it computes one head
+while the engine computes both heads of the channel (the heads are negligible next to the encoder).
+
+It also measures the accuracy change of each fast path against FP32 on every seed test set (agreement of labels and
+accuracy delta, ``--max-per-set`` texts per set), and optionally runs ``riskstream score`` as a subprocess on the same
+texts (process start included) for the offline-scoring target.
+
+``bench e2e`` runs a worker subprocess against the configured Kafka and Elasticsearch on fresh topic and alias
+names: sustained documents/s from produce to searchable, then produce-to-searchable p50/p95 at half that rate, and
+the worker's resident memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inference.settings import EngineSettings, WorkerSettings
+from riskstream.cliutil import echo_json, with_settings
+
+log = logging.getLogger(__name__)
+
+# seed dataset -> (task, label mapping to the model's label set)
+ACCURACY_SETS: dict[str, tuple[str, dict[str, str]]] = {
+    "financial_phrasebank": ("news_sentiment", {}),
+    "fin_tweets_sentiment": ("news_sentiment", {"bearish": "negative", "bullish": "positive"}),
+    "fin_tweets_topic": ("news_topic", {}),
+    "cs_sentiment": ("cs_sentiment", {}),
+    "banking77": ("cs_topic", {}),
+}
+
+
+def read_split(seed: Path, dataset: str, split: str = "test", limit: int | None = None) -> list[dict[str, str]]:
+    path = seed / dataset / f"{split}.csv"
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("text", "").strip()]
+    return rows[:limit] if limit else rows
+
+
+def gemm_ceiling(hidden: int, intermediate: int, threads: int, repeats: int = 20) -> float:
+    """Best FP32 GFLOP/s of a (4096 x hidden) @ (hidden x intermediate) GEMM, the encoder's FFN shape."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(4096, hidden)
+    b = torch.randn(hidden, intermediate)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 4096 * hidden * intermediate / best / 1e9
+
+
+def encoder_flops_per_token(encoder: Any, mean_seq: float) -> float:
+    from torch import nn
+
+    linear = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, nn.Linear))
+    cfg = encoder.config
+    return 2.0 * linear + 4.0 * cfg.num_hidden_layers * cfg.hidden_size * mean_seq
+
+
+def make_pipeline(bundle: Any, task: str) -> Any:
+    """A ``transformers.Pipeline`` around the bundle's encoder + one head (same weights as the engine)."""
+    import torch
+    from transformers import Pipeline as _Pipeline
+
+    from riskstream.modeling import mean_pool
+
+    labels = bundle.manifest.tasks[task].labels
+
+    base: Any = _Pipeline  # transformers' own signatures are looser than its stubs
+
+    class BundleHeadPipeline(base):
+        def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            return {}, {}, {}
+
+        def preprocess(self, text: str) -> dict[str, Any]:
+            return dict(self.tokenizer(text, truncation=True, max_length=bundle.manifest.max_length,
+                                       return_tensors="pt"))
+
+        def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            out = self.model.encoder(input_ids=ids, attention_mask=mask)
+            return {"logits": self.model.heads[task](mean_pool(out.last_hidden_state, mask))}
+
+        def postprocess(self, outputs: dict[str, Any]) -> dict[str, Any]:
+            probs = bundle.calibrated_probs(task, outputs["logits"])[0]
+            i = int(torch.argmax(probs))
+            return {"label": labels[i], "score": float(probs[i])}
+
+    class Adapter(torch.nn.Module):
+        """What Pipeline expects of a model (device, config, can_generate) around the bundle's own modules."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.encoder = model.encoder
+            self.heads = model.heads
+            self.config = model.encoder.config
+            self.device = torch.device("cpu")
+            self.dtype = torch.float32
+
+        def can_generate(self) -> bool:
+            return False
+
+    return BundleHeadPipeline(model=Adapter(bundle.model), tokenizer=bundle.tokenizer, device=-1, framework="pt")
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _load_bundle(settings: EngineSettings) -> Any:
+    from riskstream.modeling import load_bundle
+
+    if settings.bundle is not None:
+        return load_bundle(settings.bundle)
+    from inference.hotswap import registry_lookup
+
+    record = registry_lookup(settings.db_url)()
+    if record is None:
+        raise click.ClickException("no champion model: pass --bundle PATH or run `riskstream finetune run`")
+    return load_bundle(Path(record.artifact_path), expected_sha256=record.artifact_sha256)
+
+
+def run_inference_bench(
+    settings: EngineSettings, n: int, *, max_per_set: int, fast_paths: list[str], naive_n: int | None, score_cli: bool
+) -> dict[str, Any]:
+    import torch
+
+    from inference.device import Placement
+    from inference.engine import Engine
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    threads = settings.torch_threads
+    torch.set_num_threads(threads)
+    seed = settings.require_seed_data()
+    texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
+    bundle = _load_bundle(settings)
+    cfg = bundle.model.encoder.config
+    enc = bundle.tokenizer(texts, truncation=True, max_length=bundle.manifest.max_length)
+    lengths = [len(x) for x in enc["input_ids"]]
+    real_tokens = sum(lengths)
+    mean_seq = real_tokens / len(texts)
+    flops_tok = encoder_flops_per_token(bundle.model.encoder, mean_seq)
+    ceiling = gemm_ceiling(cfg.hidden_size, cfg.intermediate_size, threads)
+    result: dict[str, Any] = {
+        "documents": len(texts),
+        "mean_tokens_per_doc": round(mean_seq, 1),
+        "model_version": bundle.version,
+        "torch_threads": threads,
+        "gemm_fp32_gflops": round(ceiling, 1),
+        "encoder_gflop_per_token": round(flops_tok / 1e9, 5),
+        "runs": {},
+    }
+
+    def record(name: str, docs: int, seconds: float, tokens: int) -> None:
+        tok_s = tokens / seconds
+        result["runs"][name] = {
+            "documents": docs,
+            "seconds": round(seconds, 3),
+            "docs_per_s": round(docs / seconds, 1),
+            "tokens_per_s": round(tok_s, 0),
+            "share_of_fp32_gemm_ceiling": round(tok_s * flops_tok / 1e9 / ceiling, 3),
+        }
+        log.info("%s: %.1f docs/s", name, docs / seconds)
+
+    with torch.inference_mode():
+        pipe = make_pipeline(bundle, "news_topic")
+        naive_texts = texts[: naive_n or len(texts)]
+        naive_tokens = sum(lengths[: len(naive_texts)])
+        pipe(naive_texts[0])
+        _, dt = _timed(lambda: [pipe(t) for t in naive_texts])
+        record("hf_pipeline_naive", len(naive_texts), dt, naive_tokens)
+        _, dt = _timed(lambda: list(pipe(texts, batch_size=32)))
+        record("hf_pipeline_batch32", len(texts), dt, real_tokens)
+
+    engines: dict[str, Engine] = {}
+    for precision in ["fp32", *fast_paths]:
+        from riskstream.modeling import load_bundle
+
+        b = bundle if precision != "int8" else load_bundle(bundle.path, verify=False)
+        engine = Engine(b, Placement(torch.device("cpu"), precision), token_budget=settings.token_budget,
+                        max_batch_docs=settings.max_batch_docs, sort_window=settings.sort_window)
+        engine.score(texts[:64], ["news"] * 64)
+        _, dt = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
+        record(f"engine_{precision}", len(texts), dt, engine.last_stats.tokens)
+        result["runs"][f"engine_{precision}"]["padding_share"] = round(
+            1 - engine.last_stats.tokens / max(engine.last_stats.padded_tokens, 1), 3
+        )
+        engines[precision] = engine
+
+    fp32 = result["runs"]["engine_fp32"]["docs_per_s"]
+    result["speedup_vs_naive"] = {k: round(v["docs_per_s"] / result["runs"]["hf_pipeline_naive"]["docs_per_s"], 2)
+                                  for k, v in result["runs"].items()}
+    result["speedup_vs_engine_fp32"] = {k: round(v["docs_per_s"] / fp32, 2) for k, v in result["runs"].items()}
+    result["accuracy"] = accuracy_change(engines, seed, max_per_set)
+    if score_cli:
+        result["score_cli"] = score_cli_run(settings, texts, result)
+    return result
+
+
+def accuracy_change(engines: dict[str, Any], seed: Path, max_per_set: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dataset, (task, mapping) in ACCURACY_SETS.items():
+        if not (seed / dataset / "test.csv").is_file():
+            continue
+        rows = read_split(seed, dataset, "test", max_per_set)
+        channel = "news" if task.startswith("news") else "customer_service"
+        kind = "sentiment" if task.endswith("sentiment") else "topic"
+        gold = [mapping.get(r["label"], r["label"]) for r in rows]
+        preds = {}
+        for precision, engine in engines.items():
+            scores = engine.score([r["text"] for r in rows], [channel] * len(rows))
+            preds[precision] = [getattr(s, kind).label for s in scores]
+        ref_acc = sum(p == g for p, g in zip(preds["fp32"], gold, strict=True)) / len(rows)
+        entry: dict[str, Any] = {"task": task, "n": len(rows), "accuracy_fp32": round(ref_acc, 4)}
+        for precision, labels in preds.items():
+            if precision == "fp32":
+                continue
+            acc = sum(p == g for p, g in zip(labels, gold, strict=True)) / len(rows)
+            agree = sum(a == b for a, b in zip(labels, preds["fp32"], strict=True)) / len(rows)
+            entry[f"accuracy_{precision}"] = round(acc, 4)
+            entry[f"accuracy_delta_points_{precision}"] = round(100 * (acc - ref_acc), 2)
+            entry[f"agreement_with_fp32_{precision}"] = round(agree, 4)
+        out[dataset] = entry
+    return out
+
+
+def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, Any]) -> dict[str, Any]:
+    """``riskstream score`` as a subprocess on the same texts: wall time including process start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, outp = Path(tmp) / "in.csv", Path(tmp) / "out.jsonl"
+        with inp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text"])
+            writer.writerows([t] for t in texts)
+        cmd = [str(Path(sys.executable).parent / "riskstream"), "score", "--input", str(inp), "--output", str(outp),
+               "--channel", "news", "--json", "--precision", settings.precision,
+               "--torch-threads", str(settings.torch_threads)]
+        if settings.bundle is not None:
+            cmd += ["--bundle", str(settings.bundle)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t
+    docs_s = len(texts) / wall
+    runs = result["runs"]
+    return {
+        "precision": settings.precision,
+        "documents": len(texts),
+        "wall_seconds_with_process_start": round(wall, 2),
+        "docs_per_s": round(docs_s, 1),
+        "x_naive_pipeline": round(docs_s / runs["hf_pipeline_naive"]["docs_per_s"], 2),
+        "x_batched_pipeline": round(docs_s / runs["hf_pipeline_batch32"]["docs_per_s"], 2),
+    }
+
+
+def plot_inference(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["runs"])
+    shares = [100 * result["runs"][k]["share_of_fp32_gemm_ceiling"] for k in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(names, shares, color="tab:blue")
+    ax.axvline(60, color="tab:orange", linestyle="--", label="FP32 target 60%")
+    ax.axvline(150, color="tab:red", linestyle="--", label="fast-path target 150%")
+    ax.set_xlabel("% of this machine's FP32 GEMM ceiling (non-padding tokens)")
+    ax.set_title(f"{result['documents']} docs, {result['mean_tokens_per_doc']} tokens/doc, "
+                 f"{result['torch_threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+@click.command("inference")
+@click.option("--n", "n", default=2000, show_default=True, help="Test texts (fin_tweets_topic test).")
+@click.option("--max-per-set", default=1000, show_default=True, help="Texts per seed test set for accuracy change.")
+@click.option("--fast-path", "fast_paths", multiple=True, default=("int8", "bf16"), show_default=True,
+              type=click.Choice(["int8", "bf16"]), help="Fast paths to measure (repeatable).")
+@click.option("--naive-n", type=int, default=None, help="Cap the naive per-document loop (default: all N).")
+@click.option("--score-cli/--no-score-cli", default=True, help="Also time `riskstream score` as a subprocess.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG chart.")
+@with_settings(EngineSettings)
+def bench_inference(  # noqa: PLR0917 - click passes options by keyword
+    n: int, max_per_set: int, fast_paths: tuple[str, ...], naive_n: int | None, score_cli: bool, as_json: bool,
+    plot: Path | None, settings: EngineSettings,
+) -> None:
+    """Naive HF pipeline vs batched pipeline vs the engine (FP32 and fast paths), and the FP32 GEMM ceiling."""
+    result = run_inference_bench(
+        settings, n, max_per_set=max_per_set, fast_paths=list(fast_paths), naive_n=naive_n, score_cli=score_cli
+    )
+    if plot is not None:
+        plot_inference(result, plot)
+    if as_json:
+        echo_json(result)
+    else:
+        for name, run in result["runs"].items():
+            click.echo(f"{name:22s} {run['docs_per_s']:8.1f} docs/s {run['tokens_per_s']:9.0f} tok/s "
+                       f"{100 * run['share_of_fp32_gemm_ceiling']:6.1f}% of FP32 GEMM")
+        click.echo(json.dumps(result["accuracy"], indent=1))
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> dict[str, Any]:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from riskstream.es import make_client
+
+    run_id = uuid.uuid4().hex[:8]
+    s = settings.model_copy(update={
+        "topic_raw": f"bench-raw-{run_id}", "topic_scored": f"bench-scored-{run_id}",
+        "topic_dlq": f"bench-dlq-{run_id}", "es_docs_alias": f"bench-docs-{run_id}",
+        "es_alerts_alias": f"bench-alerts-{run_id}", "group_id": f"bench-{run_id}",
+    })
+    seed = s.require_seed_data()
+    texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
+    admin.create_topics([NewTopic(t, 3, 1) for t in (s.topic_raw, s.topic_scored, s.topic_dlq)])
+    admin.close()
+    es = make_client(s)
+    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap.split(","), acks="all", linger_ms=5)
+
+    def send(doc_id: str, text: str) -> None:
+        body = {"id": doc_id, "channel": "news", "source": "bench", "text": text}
+        producer.send(s.topic_raw, key=doc_id.encode(), value=json.dumps(body).encode())
+
+    def count() -> int:
+        if not es.indices.exists_alias(name=s.es_docs_alias):
+            return 0
+        return int(es.count(index=s.es_docs_alias)["count"])
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"RISKSTREAM_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "riskstream"), "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rss_peak = 0.0
+    stop_rss = threading.Event()
+
+    def watch_rss() -> None:
+        nonlocal rss_peak
+        while not stop_rss.wait(0.5):
+            rss_peak = max(rss_peak, _rss_mb(worker.pid) or 0.0)
+
+    threading.Thread(target=watch_rss, daemon=True).start()
+    try:
+        send("warmup", "warm up the worker")
+        producer.flush()
+        deadline = time.monotonic() + 300
+        while count() < 1:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException("the worker did not start: " + (worker.stderr.read().decode()[-2000:]
+                                                                           if worker.stderr else ""))
+            time.sleep(0.5)
+        # 1. sustained throughput: produce all at once, time until all are searchable
+        t0 = time.perf_counter()
+        for i, text in enumerate(texts):
+            send(f"thr-{i}", text)
+        producer.flush()
+        while count() < n + 1:
+            time.sleep(0.2)
+        sustained = n / (time.perf_counter() - t0)
+        # 2. latency at half that rate
+        rate = sustained / 2
+        m = max(10, int(rate * latency_seconds))
+        produced: dict[str, float] = {}
+        seen: dict[str, float] = {}
+        done = threading.Event()
+
+        def poll_visible() -> None:
+            while not done.is_set():
+                resp = es.search(index=s.es_docs_alias, query={"prefix": {"id": "lat-"}}, size=10_000,
+                                 source=False)
+                now = time.perf_counter()
+                for hit in resp["hits"]["hits"]:
+                    seen.setdefault(hit["_id"], now)
+                if len(seen) >= m:
+                    return
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll_visible, daemon=True)
+        poller.start()
+        start = time.perf_counter()
+        for i in range(m):
+            target = start + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            doc_id = f"lat-{i}"
+            produced[doc_id] = time.perf_counter()
+            send(doc_id, texts[i % len(texts)])
+            producer.flush()
+        poller.join(timeout=60)
+        done.set()
+        lat = sorted(seen[k] - produced[k] for k in produced if k in seen)
+        rss_now = _rss_mb(worker.pid)
+    finally:
+        stop_rss.set()
+        worker.terminate()
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        producer.close()
+        es.options(ignore_status=404).indices.delete(index=f"{s.es_docs_alias}-*")
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
+        admin.delete_topics([s.topic_raw, s.topic_scored, s.topic_dlq])
+        admin.close()
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+    return {
+        "documents": n,
+        "sustained_docs_per_s": round(sustained, 1),
+        "latency_rate_docs_per_s": round(rate, 1),
+        "latency_documents": m,
+        "latency_seen": len(lat),
+        "p50_produce_to_searchable_s": round(pct(0.5), 3),
+        "p95_produce_to_searchable_s": round(pct(0.95), 3),
+        "mean_produce_to_searchable_s": round(statistics.fmean(lat), 3) if lat else None,
+        "worker_rss_mb": round(rss_now or 0.0, 1),
+        "worker_rss_peak_mb": round(rss_peak, 1),
+        "precision": settings.precision,
+    }
+
+
+@click.command("e2e")
+@click.option("--n", "n", default=2000, show_default=True, help="Documents for the throughput phase.")
+@click.option("--latency-seconds", default=20.0, show_default=True, help="Duration of the half-rate phase.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@with_settings(WorkerSettings)
+def bench_e2e(n: int, latency_seconds: float, as_json: bool, settings: WorkerSettings) -> None:
+    """Produce -> worker -> searchable in ES against the configured Kafka and ES (fresh topics and alias)."""
+    result = run_e2e_bench(settings, n, latency_seconds)
+    if as_json:
+        echo_json(result)
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:32s} {v}")
