@@ -140,14 +140,18 @@ def deliver_due(
     """
     report = DeliveryReport()
     current = now or _now()
+    due = (
+        select(AlertDeliveryRow)
+        .where(AlertDeliveryRow.status == "pending", AlertDeliveryRow.next_attempt_at <= current)
+        .order_by(AlertDeliveryRow.next_attempt_at, AlertDeliveryRow.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # PostgreSQL: two engines never send the same row (SQLite: no-op)
+    )
     with sessions() as session:
-        rows = session.scalars(
-            select(AlertDeliveryRow)
-            .where(AlertDeliveryRow.status == "pending", AlertDeliveryRow.next_attempt_at <= current)
-            .order_by(AlertDeliveryRow.next_attempt_at)
-            .limit(limit)
-        ).all()
-        for row in rows:
+        for _ in range(limit):
+            row = session.scalars(due).first()  # one row per transaction: a claim is held only while it is sent
+            if row is None:
+                break
             row.attempts += 1
             try:
                 send(row.target, row.payload, row.alert_id)

@@ -134,7 +134,16 @@ def _alert() -> Alert:
 
 
 def test_delivery_queue_retries_with_backoff_then_fails(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'rs.db'}")
+    exercise_queue(Database(f"sqlite:///{tmp_path / 'rs.db'}"))
+
+
+@pytest.mark.services
+@pytest.mark.postgres
+def test_delivery_queue_on_postgres(pg_url: str) -> None:
+    exercise_queue(Database(pg_url))
+
+
+def exercise_queue(db: Database) -> None:
     with db.session() as s:
         store.save_rule(s, load_rule({"id": "r1", "name": "burst", "threshold": 3}), actor="t")
         assert store.enqueue(s, _alert(), ["http://a.test/h", "http://b.test/h"]) == 2
