@@ -29,7 +29,7 @@ def tiny_settings(seed_data: Path, data_dir: Path, **overrides: object) -> Finet
         "max_length": 32,
         "eval_batch_size": 64,
         "gate_min_macro_f1": 0.0,
-        "threads": 2,
+        "threads": 1,
         "include_db_labels": True,
     }
     values.update(overrides)
