@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from launcher.base import ServiceError, run_checked
+from launcher.base import run_checked
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +171,26 @@ elasticsearch.version={version}
 """
 
 
-def install_compat_plugin(es_home: Path, java_home: Path, es_version: str) -> Path:
-    """Compile and install the plugin into ``es_home/plugins`` (once per distribution)."""
+def install_compat_plugin(es_home: Path, java_home: Path, es_version: str) -> Path | None:
+    """Compile and install the plugin into ``es_home/plugins`` (once per distribution).
+
+    Without a compiler (a JRE only) the node still starts, without ``GET /`` and the ``english`` analyzer: a
+    warning says so and how to fix it, and health checks fall back to ``GET /_nodes/_local``.
+    """
     target = es_home / "plugins" / PLUGIN_NAME
     if (target / MARKER).exists():
         return target
     javac = java_home / "bin" / "javac"
     jar = java_home / "bin" / "jar"
     if not javac.exists() or not jar.exists():
-        raise ServiceError(
-            "elasticsearch",
-            f"the JDK at {java_home} has no javac: the launcher compiles a small compatibility plugin "
-            "(GET / and the english analyzer, absent from the integ-test zip)",
-            "install a full JDK 17 (apt-get install openjdk-17-jdk-headless) or set RISKSTREAM_JAVA_HOME to one",
+        log.warning(
+            "the Java at %s has no javac: Elasticsearch starts without the %s plugin (no GET /, no english "
+            "analyzer). Fix: install a JDK 17 (apt-get install openjdk-17-jdk-headless) or set "
+            "RISKSTREAM_JAVA_HOME to one, then restart Elasticsearch.",
+            java_home,
+            PLUGIN_NAME,
         )
+        return None
     work = Path(tempfile.mkdtemp(prefix="es-compat-"))
     try:
         src = work / "src" / "riskstream" / "es" / "CompatPlugin.java"

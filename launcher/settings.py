@@ -35,7 +35,7 @@ class LauncherSettings(CommonSettings):
     )
     kafka_heap: str = Field(
         default="512m",
-        description="Kafka JVM heap (-Xmx). More absorbs bigger batches; less leaves RAM for models.",
+        description="Kafka JVM heap (-Xms = -Xmx). More absorbs bigger batches; less leaves RAM for models.",
     )
     es_heap: str = Field(
         default="512m",

@@ -213,10 +213,15 @@ class Stack:
         for role, port in svc.ports().items():
             if not port_is_free(port, svc.host):
                 what = "the client" if role in ("client", "http") else f"the {role}"
+                holder = (
+                    f"another process that is not a healthy {name} ({health.detail})"
+                    if health.listening
+                    else "another socket (not listening: an outgoing connection may be using it as its local "
+                    "port; prefer ports below 32768, outside the kernel's ephemeral range)"
+                )
                 raise ServiceError(
                     name,
-                    f"port {port} ({what} port) on 127.0.0.1 is taken by another process that is not a healthy "
-                    f"{name} ({health.detail})",
+                    f"port {port} ({what} port) on {svc.host} is taken by {holder}",
                     f"stop the process on port {port} (`ss -ltnp 'sport = :{port}'` shows it) or choose another "
                     f"address with {ADDRESS_SETTING[name]}",
                 )
@@ -307,22 +312,23 @@ class Stack:
                 previous = state["services"].get(name, {})
                 svc = self.service(name, previous)
                 record = self._record(previous)
+                still_healthy = False
                 if record is not None and stop_process_group(record, svc.stop_signal, self.settings.stop_timeout):
                     action = "stopped"
                 elif svc.probe(timeout=1.0).healthy:
+                    still_healthy = True
                     action = "left running (not started by this launcher)"
                 else:
                     action = "not running"
                 state["services"].pop(name, None)
                 self._save_state(state)
-                if purge:
-                    self._purge(name)
+                if purge and self._purge(name):
                     action += ", data deleted"
                 results.append(
                     ServiceStatus(
                         name=name,
                         address=svc.address,
-                        healthy=False,
+                        healthy=still_healthy,
                         version=previous.get("version"),
                         managed=record is not None,
                         action=action,
@@ -332,7 +338,8 @@ class Stack:
                 )
         return list(reversed(results))
 
-    def _purge(self, name: str) -> None:
+    def _purge(self, name: str) -> bool:
+        """Delete a service's data in this data dir (and its fallback dir); True if there was any."""
         link = self.dir / name
         if link.is_symlink():
             target = link.resolve()
@@ -340,5 +347,8 @@ class Stack:
             shutil.rmtree(target, ignore_errors=True)
             with contextlib.suppress(OSError):
                 target.parent.rmdir()  # the per-stack folder under /var/lib/riskstream, once empty
-        elif link.exists():
+            return True
+        if link.exists():
             shutil.rmtree(link, ignore_errors=True)
+            return True
+        return False
