@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -121,13 +122,26 @@ def is_listening(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bo
         return False
 
 
+SERVICE_PORT_RANGE = (20000, 32767)  # below the kernel's ephemeral range (32768-60999 on Linux)
+
+
 def free_port(host: str = "127.0.0.1", avoid: set[int] | None = None) -> int:
-    """A port the kernel says is free right now (used for internal ports and by the test fixtures)."""
+    """A port free right now, for internal ports (KRaft controller, ES transport) and the test fixtures.
+
+    Chosen below the ephemeral range, so an outgoing connection cannot grab it between this check and the
+    service's bind; the kernel's choice is the fallback.
+    """
+    avoid = avoid or set()
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randint(*SERVICE_PORT_RANGE)
+        if port not in avoid and port_is_free(port, host) and not is_listening(port, host, timeout=0.2):
+            return port
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-        if not avoid or port not in avoid:
+        if port not in avoid:
             return port
     raise RuntimeError("no free port found")
 

@@ -89,6 +89,17 @@ def stack() -> Iterator[StackInfo]:
     es = os.environ.get("RISKSTREAM_TEST_ES_URL")
     pg = os.environ.get("RISKSTREAM_TEST_PG_URL") or None
     if kafka and es:
+        from launcher.elasticsearch import probe_elasticsearch
+        from launcher.kafka import probe_kafka
+
+        for name, health in (("Kafka", probe_kafka(kafka, 10.0)), ("Elasticsearch", probe_elasticsearch(es, 10.0))):
+            if not health.healthy:
+                pytest.fail(
+                    f"RISKSTREAM_TEST_* names a {name} that is not healthy ({health.detail}): start the dev stack "
+                    "(riskstream services up) or unset RISKSTREAM_TEST_KAFKA_BOOTSTRAP / RISKSTREAM_TEST_ES_URL "
+                    "to let the tests start their own",
+                    pytrace=False,
+                )
         yield StackInfo(kafka_bootstrap=kafka, es_url=es, data_dir=Path(tempfile.gettempdir()), pg_admin_url=pg)
         return
     from launcher.stack import Stack
