@@ -49,6 +49,7 @@ def test_root_endpoint_reports_an_8x_build(es: Elasticsearch) -> None:
     info = es.info()
     assert info["version"]["number"].startswith("8.")
     assert info["version"]["build_hash"]
+    assert es.ping()  # HEAD /
 
 
 def test_a_write_gets_the_templates_mappings(es: Elasticsearch, settings: CommonSettings) -> None:
