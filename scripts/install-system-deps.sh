@@ -3,7 +3,8 @@
 # server (tests; SQLite stays the embedded default). Installs only what is missing, from Debian's packages.
 set -euo pipefail
 need=()
-command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# javac too: the launcher compiles a small compatibility plugin for the single-node Elasticsearch
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
