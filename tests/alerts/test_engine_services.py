@@ -105,7 +105,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -196,7 +196,7 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
                 res = es.search(index=s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
                 return res["hits"]["hits"]
 
-            hits = wait_for("the alert in Elasticsearch", alert_in_es, 120, proc)
+            hits = wait_for("the alert in Elasticsearch", alert_in_es, 150, proc)
             assert [h["_id"] for h in hits] == [expected_id]  # $BETA stayed quiet
             alert = hits[0]["_source"]
             assert alert["value"] == pytest.approx(0.75) and alert["doc_count"] == 4
@@ -282,7 +282,7 @@ def test_open_windows_survive_an_engine_restart(engine_settings: AlertSettings, 
     proc = run_engine()
     try:
         # faust flushes the table's changelog before it commits the offsets of the documents that changed it
-        wait_for("the first two documents committed", lambda: _committed(s) >= 2, 90, proc)
+        wait_for("the first two documents committed", lambda: _committed(s) >= 2, 150, proc)
     finally:
         stop(proc)
     assert alerts() == []
@@ -290,7 +290,7 @@ def test_open_windows_survive_an_engine_restart(engine_settings: AlertSettings, 
     publish(scored("c", start + timedelta(minutes=3)), scored("z", start + timedelta(hours=2)))
     proc = run_engine()
     try:
-        hits = wait_for("the alert after the restart", alerts, 90, proc)
+        hits = wait_for("the alert after the restart", alerts, 150, proc)
     finally:
         stop(proc)
     producer.close()
