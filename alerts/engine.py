@@ -191,7 +191,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         topic_partitions=partitions,
         web_enabled=False,
         autodiscover=False,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=settings.alerts_offset_reset,
         producer_acks=-1,
     )
     scored = app.topic(settings.topic_scored, key_serializer="raw", value_serializer="raw")

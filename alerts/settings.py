@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -14,6 +15,12 @@ class AlertSettings(CommonSettings):
         default="riskstream-alerts",
         description="Faust application id = Kafka consumer group; engines sharing it split the partitions. "
         "Changing it restarts consumption from the latest offsets and loses open windows.",
+    )
+    alerts_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a new engine (new app id) starts on the scored topic: earliest evaluates the retained "
+        "history (alerts, and webhooks, for past windows; ids are stable so nothing fires twice), latest only "
+        "new documents. A restarted engine always resumes from its committed offsets.",
     )
     alerts_rules_file: Path | None = Field(
         default=None,
