@@ -92,8 +92,12 @@ def test_rule(rule_file: Path, since: str, limit: int, settings: AlertSettings) 
         raise click.BadParameter(str(exc), param_hint="--since") from exc
     start = datetime.now(tz=UTC) - back
     out = []
+    from tqdm import tqdm
+
     for rule in _read_rules(rule_file):
-        docs = list(scan_docs(settings, start, rule.channel, limit))
+        docs = list(
+            tqdm(scan_docs(settings, start, rule.channel, limit), desc=f"{rule.id}: documents", unit="doc", leave=False)
+        )
         fired = dry_run(rule, docs)
         out.append(
             {

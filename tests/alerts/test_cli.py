@@ -57,6 +57,6 @@ def test_test_rule_dry_run_on_indexed_documents(settings: CommonSettings, tmp_pa
     flags = ["--es-url", settings.es_url, "--es-docs-alias", settings.es_docs_alias, "--data-dir", str(tmp_path)]
     result = CliRunner().invoke(main, ["alerts", "test-rule", str(path), "--since", "6h", *flags])
     assert result.exit_code == 0, result.output
-    (report,) = json.loads(result.output)
+    (report,) = json.loads(result.stdout)  # progress goes to stderr
     assert report["documents"] == 4  # the 3-day-old one is outside --since
     assert [(a["group"], a["doc_count"]) for a in report["alerts"]] == [({"entity": "$ACME"}, 3)]
