@@ -135,6 +135,24 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _ensure_dashboard_admin(env: dict[str, str], out_dir: Path) -> None:
+    """Create a `demo-admin` dashboard user the first time, with a random password kept in a 0600 file."""
+    import secrets
+
+    users = json.loads(_run(_cli("dashboard", "users", "list"), env, capture=True) or "[]")
+    if users:
+        return
+    password = secrets.token_urlsafe(12)
+    _run(
+        _cli("dashboard", "users", "add", "demo-admin", "--role", "admin"),
+        {**env, "RISKSTREAM_NEW_USER_PASSWORD": password},
+    )
+    login = out_dir / "dashboard-login.txt"
+    login.touch(mode=0o600)
+    login.write_text(f"user: demo-admin\npassword: {password}\n", encoding="utf-8")
+    click.echo(f"dashboard user demo-admin created; its password is in {login}")
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, name: str) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -175,7 +193,11 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
     else:
         click.echo("a champion exists; skipping training")
 
-    _step("3/5 processes: inference worker and alert engine")
+    _step("3/5 processes: alert rules, dashboard login, inference worker and alert engine")
+    import alerts as alerts_pkg
+
+    _run(_cli("alerts", "rules", "add", str(Path(alerts_pkg.__file__).parent / "default_rules.yaml")), env)
+    _ensure_dashboard_admin(env, out_dir)
     worker_log = (logs / "worker.log").open("ab")
     worker = subprocess.Popen(_cli("worker"), env=env, stdout=worker_log, stderr=subprocess.STDOUT)
     alerts: subprocess.Popen[bytes] | None = None

@@ -161,7 +161,7 @@ class Alert(_Record):
     model_config = ConfigDict(frozen=True, extra="forbid", title="Alert")
 
     schema_version: int = SCHEMA_VERSION
-    id: str = Field(description="Deterministic: rule id + window start, so a replay fires the same alert id.")
+    id: str = Field(description="Deterministic: rule id + group hash + window start, so a replay fires the same id.")
     rule_id: str
     rule_name: str
     severity: AlertSeverity = "warning"
