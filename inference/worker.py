@@ -143,7 +143,6 @@ class Worker:
             settings.batch_token_budget, settings.max_batch_messages, settings.max_wait_ms / 1000
         )
         self.stalled: ScoredBatch | None = None
-        self._revoked = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -242,23 +241,25 @@ class Worker:
                 continue
             now = time.monotonic()
             timeout_ms = max(1, int(self.batcher.time_left(now) * 1000)) if len(self.batcher) else 200
+            # records returned here all belong to the current assignment (a rebalance inside poll() already ran
+            # _on_revoked, and positions of newly assigned partitions come from the committed offsets)
             polled = self.consumer.poll(timeout_ms=timeout_ms)
             now = time.monotonic()
-            if self._revoked:
-                self._revoked = False
-                continue
-            for records in polled.values():
-                for record in records:
-                    size = len(record.value) if record.value is not None else 0
-                    self.batcher.add(record, size // 4 + 2, now)
+            self._add(polled, now)
             if polled:
                 idle_since = now
-            self.metrics.queue_depth.set(len(self.batcher))
             if self.batcher.due(now):
                 self._process(self.batcher.drain())
             elif not len(self.batcher) and 0 < self.settings.idle_exit_s < now - idle_since:
                 log.info("idle for %.0f s: exiting", self.settings.idle_exit_s)
                 return
+
+    def _add(self, polled: dict[Any, list[Any]], now: float) -> None:
+        for records in polled.values():
+            for record in records:
+                size = len(record.value) if record.value is not None else 0
+                self.batcher.add(record, size // 4 + 2, now)
+        self.metrics.queue_depth.set(len(self.batcher))
 
     def _drain(self) -> None:
         """On stop: finish the in-flight batch (one attempt at its sinks) and commit, else leave it for redelivery."""
@@ -388,9 +389,10 @@ class Worker:
         while not self._stop.is_set() and time.monotonic() < deadline:
             # paused: poll returns nothing, but keeps this member in the group (and runs rebalance callbacks)
             self.consumer.pause(*self.consumer.assignment())
-            self.consumer.poll(timeout_ms=max(1, int(min(1.0, deadline - time.monotonic()) * 1000)))
-            if self.stalled is None:  # dropped by a rebalance
+            polled = self.consumer.poll(timeout_ms=max(1, int(min(1.0, deadline - time.monotonic()) * 1000)))
+            if self.stalled is None:  # dropped by a rebalance: start over from the committed offsets
                 self._resume()
+                self._add(polled, time.monotonic())
                 return
         if self._stop.is_set():
             return
@@ -409,6 +411,5 @@ class Worker:
             log.info("partitions revoked: dropping %d uncommitted messages (redelivered from the last commit)", dropped)
         self.batcher.drain()
         self.stalled = None
-        self._revoked = True
         self.metrics.paused.set(0)
         self.metrics.queue_depth.set(0)

@@ -70,17 +70,27 @@ def test_output_shape_per_document(engines: dict[str, Engine]) -> None:
         assert doc.topic.label.startswith(prefix)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_fast_paths_stay_close_to_fp32(engines: dict[str, Engine], precision: str) -> None:
+def test_bf16_stays_close_to_fp32(engines: dict[str, Engine]) -> None:
     ref = engines["fp32"].score(TEXTS[:6], CHANNELS[:6])
-    fast = engines[precision].score(TEXTS[:6], CHANNELS[:6])
-    agree = 0
+    fast = engines["bf16"].score(TEXTS[:6], CHANNELS[:6])
     for a, b in zip(ref, fast, strict=True):
         assert a.sentiment.probs is not None and b.sentiment.probs is not None
         for label in a.sentiment.probs:
-            assert b.sentiment.probs[label] == pytest.approx(a.sentiment.probs[label], abs=0.15)
-        agree += (a.sentiment.label == b.sentiment.label) + (a.topic.label == b.topic.label)
-    assert agree >= 9  # of 12 labels
+            assert b.sentiment.probs[label] == pytest.approx(a.sentiment.probs[label], abs=0.05)
+        assert a.sentiment.label == b.sentiment.label
+
+
+def test_int8_embeddings_stay_close_to_fp32(engines: dict[str, Engine]) -> None:
+    """Untrained heads amplify any change, so compare what int8 changes: the pooled embedding the heads read."""
+    import torch
+
+    tok = engines["fp32"].tokenizer(TEXTS[:6], padding=True, return_tensors="pt")
+    ref = engines["fp32"].embed(tok["input_ids"], tok["attention_mask"])
+    fast = engines["int8"].embed(tok["input_ids"], tok["attention_mask"])
+    cos = torch.nn.functional.cosine_similarity(ref, fast)
+    assert float(cos.mean()) > 0.95 and float(cos.min()) > 0.85
+    out = engines["int8"].score(TEXTS[:6], CHANNELS[:6])
+    assert [o.model_version for o in out] == ["test-v1"] * 6
 
 
 def test_unknown_channel_is_refused(engines: dict[str, Engine]) -> None:
