@@ -386,8 +386,9 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"RISKSTREAM_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen([str(Path(sys.executable).parent / "riskstream"), "worker"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=worker_log, stderr=subprocess.STDOUT)
     rss_peak = 0.0
     stop_rss = threading.Event()
 
@@ -403,8 +404,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         deadline = time.monotonic() + 300
         while count() < 1:
             if worker.poll() is not None or time.monotonic() > deadline:
-                raise click.ClickException("the worker did not start: " + (worker.stderr.read().decode()[-2000:]
-                                                                           if worker.stderr else ""))
+                raise click.ClickException(f"the worker did not start; see {worker_log.name}")
             time.sleep(0.5)
         # 1. sustained throughput: produce all at once, time until all are searchable
         t0 = time.perf_counter()
@@ -456,7 +456,12 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         except subprocess.TimeoutExpired:
             worker.kill()
         producer.close()
-        es.options(ignore_status=404).indices.delete(index=f"{s.es_docs_alias}-*")
+        for alias in (s.es_docs_alias, s.es_alerts_alias):
+            if es.indices.exists_alias(name=alias):
+                for index in es.indices.get_alias(name=alias):
+                    es.options(ignore_status=404).indices.delete(index=index)
+            es.options(ignore_status=404).indices.delete_index_template(name=alias)
+        worker_log.close()
         admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
         admin.delete_topics([s.topic_raw, s.topic_scored, s.topic_dlq])
         admin.close()

@@ -195,6 +195,12 @@ class Worker:
             auto_offset_reset=self.settings.auto_offset_reset,
             max_poll_records=self.settings.poll_max_records,
         )
+        # Know the topic's partitions before joining: a member that joins without that metadata is assigned nothing
+        # and only rebalances at the next metadata refresh (metadata.max.age.ms, 5 min by default).
+        deadline = time.monotonic() + 30
+        while not self.consumer.partitions_for_topic(self.settings.topic_raw) and time.monotonic() < deadline:
+            if self._stop.wait(0.5):
+                break
         self.consumer.subscribe([self.settings.topic_raw], listener=Listener())
         self.out = KafkaOut(self.settings.kafka_bootstrap)
 
