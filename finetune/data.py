@@ -88,8 +88,9 @@ def read_split(path: Path, label_map: dict[str, str] | None = None) -> tuple[lis
     """Read a ``text,label`` CSV (CRLF, RFC 4180 quoting). Returns (text, mapped label) pairs and the counts.
 
     A row is *empty* when its text or label is blank and *malformed* when it does not have exactly two fields or
-    the CSV parser rejects it; both are skipped and counted. Labels are lower-cased and mapped through
-    ``label_map``; whether they belong to the task is checked by the caller.
+    the CSV parser rejects it; both are skipped and counted. Labels keep the dataset's spelling (the contract
+    names banking77's official intents unchanged, e.g. ``Refund_not_showing_up``); ``label_map`` keys match
+    case-insensitively. Whether a label belongs to the task is checked by the caller.
     """
     if not path.is_file():
         raise DataError(f"{path} does not exist")
@@ -121,11 +122,11 @@ def read_split(path: Path, label_map: dict[str, str] | None = None) -> tuple[lis
             if len(row) != len(cols):
                 stats.malformed += 1
                 continue
-            text, label = row[ti].strip(), row[li].strip().lower()
+            text, label = row[ti].strip(), row[li].strip()
             if not text or not label:
                 stats.empty += 1
                 continue
-            pairs.append((text, label_map.get(label, label)))
+            pairs.append((text, label_map.get(label.lower(), label)))
     return pairs, stats
 
 
@@ -176,7 +177,7 @@ def analyst_labels(session: Session) -> dict[str, list[tuple[str, str]]]:
     latest: dict[tuple[str, str], tuple[str, str]] = {}
     rows = session.scalars(select(LabelRow).order_by(LabelRow.labeled_at, LabelRow.id)).all()
     for row in rows:
-        latest[(row.task, row.doc_id)] = ((row.text or "").strip(), (row.label or "").strip().lower())
+        latest[(row.task, row.doc_id)] = ((row.text or "").strip(), (row.label or "").strip())
     out: dict[str, list[tuple[str, str]]] = {}
     for (task, _doc), pair in latest.items():
         out.setdefault(task, []).append(pair)

@@ -117,3 +117,13 @@ def test_label_set_change_is_refused_unless_allowed() -> None:
     with pytest.raises(DataError, match=r"cs_topic: label set differs.*added \['crypto'\]"):
         check_label_sets(new, old, allow_new_label_set=False)
     assert check_label_sets(new, old, allow_new_label_set=True)
+
+
+def test_labels_keep_the_dataset_spelling_and_maps_ignore_case(tmp_path: Path) -> None:
+    """The contract names banking77's intents unchanged (e.g. Refund_not_showing_up), so labels are not folded."""
+    from finetune.data import read_split
+
+    path = tmp_path / "split.csv"
+    path.write_text("text,label\r\nwhere is my refund,Refund_not_showing_up\r\nstocks slump,Bearish\r\n", encoding="utf-8")
+    pairs, _ = read_split(path, {"bearish": "negative"})
+    assert pairs == [("where is my refund", "Refund_not_showing_up"), ("stocks slump", "negative")]
