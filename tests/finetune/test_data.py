@@ -124,6 +124,7 @@ def test_labels_keep_the_dataset_spelling_and_maps_ignore_case(tmp_path: Path) -
     from finetune.data import read_split
 
     path = tmp_path / "split.csv"
-    path.write_text("text,label\r\nwhere is my refund,Refund_not_showing_up\r\nstocks slump,Bearish\r\n", encoding="utf-8")
+    rows = "text,label\r\nwhere is my refund,Refund_not_showing_up\r\nstocks slump,Bearish\r\n"
+    path.write_text(rows, encoding="utf-8")
     pairs, _ = read_split(path, {"bearish": "negative"})
     assert pairs == [("where is my refund", "Refund_not_showing_up"), ("stocks slump", "negative")]
