@@ -105,8 +105,9 @@ def make_pipeline(bundle: Any, task: str) -> Any:
             return {}, {}, {}
 
         def preprocess(self, text: str) -> dict[str, Any]:
-            return dict(self.tokenizer(text, truncation=True, max_length=bundle.manifest.max_length,
-                                       return_tensors="pt"))
+            return dict(
+                self.tokenizer(text, truncation=True, max_length=bundle.manifest.max_length, return_tensors="pt")
+            )
 
         def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -211,8 +212,13 @@ def run_inference_bench(
         from riskstream.modeling import load_bundle
 
         b = bundle if precision != "int8" else load_bundle(bundle.path, verify=False)
-        engine = Engine(b, Placement(torch.device("cpu"), precision), token_budget=settings.token_budget,
-                        max_batch_docs=settings.max_batch_docs, sort_window=settings.sort_window)
+        engine = Engine(
+            b,
+            Placement(torch.device("cpu"), precision),
+            token_budget=settings.token_budget,
+            max_batch_docs=settings.max_batch_docs,
+            sort_window=settings.sort_window,
+        )
         engine.score(texts[:64], ["news"] * 64)
         _, dt = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
         record(f"engine_{precision}", len(texts), dt, engine.last_stats.tokens)
@@ -222,8 +228,10 @@ def run_inference_bench(
         engines[precision] = engine
 
     fp32 = result["runs"]["engine_fp32"]["docs_per_s"]
-    result["speedup_vs_naive"] = {k: round(v["docs_per_s"] / result["runs"]["hf_pipeline_naive"]["docs_per_s"], 2)
-                                  for k, v in result["runs"].items()}
+    result["speedup_vs_naive"] = {
+        k: round(v["docs_per_s"] / result["runs"]["hf_pipeline_naive"]["docs_per_s"], 2)
+        for k, v in result["runs"].items()
+    }
     result["speedup_vs_engine_fp32"] = {k: round(v["docs_per_s"] / fp32, 2) for k, v in result["runs"].items()}
     result["accuracy"] = accuracy_change(engines, seed, max_per_set)
     if score_cli:
@@ -266,9 +274,21 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
             writer = csv.writer(fh)
             writer.writerow(["text"])
             writer.writerows([t] for t in texts)
-        cmd = [str(Path(sys.executable).parent / "riskstream"), "score", "--input", str(inp), "--output", str(outp),
-               "--channel", "news", "--json", "--precision", settings.precision,
-               "--torch-threads", str(settings.torch_threads)]
+        cmd = [
+            str(Path(sys.executable).parent / "riskstream"),
+            "score",
+            "--input",
+            str(inp),
+            "--output",
+            str(outp),
+            "--channel",
+            "news",
+            "--json",
+            "--precision",
+            settings.precision,
+            "--torch-threads",
+            str(settings.torch_threads),
+        ]
         if settings.bundle is not None:
             cmd += ["--bundle", str(settings.bundle)]
         env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -300,8 +320,9 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
     ax.axvline(60, color="tab:orange", linestyle="--", label="FP32 target 60%")
     ax.axvline(150, color="tab:red", linestyle="--", label="fast-path target 150%")
     ax.set_xlabel("% of this machine's FP32 GEMM ceiling (non-padding tokens)")
-    ax.set_title(f"{result['documents']} docs, {result['mean_tokens_per_doc']} tokens/doc, "
-                 f"{result['torch_threads']} threads")
+    ax.set_title(
+        f"{result['documents']} docs, {result['mean_tokens_per_doc']} tokens/doc, {result['torch_threads']} threads"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -310,16 +331,29 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
 @click.command("inference")
 @click.option("--n", "n", default=2000, show_default=True, help="Test texts (fin_tweets_topic test).")
 @click.option("--max-per-set", default=1000, show_default=True, help="Texts per seed test set for accuracy change.")
-@click.option("--fast-path", "fast_paths", multiple=True, default=("int8", "bf16"), show_default=True,
-              type=click.Choice(["int8", "bf16"]), help="Fast paths to measure (repeatable).")
+@click.option(
+    "--fast-path",
+    "fast_paths",
+    multiple=True,
+    default=("int8", "bf16"),
+    show_default=True,
+    type=click.Choice(["int8", "bf16"]),
+    help="Fast paths to measure (repeatable).",
+)
 @click.option("--naive-n", type=int, default=None, help="Cap the naive per-document loop (default: all N).")
 @click.option("--score-cli/--no-score-cli", default=True, help="Also time `riskstream score` as a subprocess.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG chart.")
 @with_settings(EngineSettings)
 def bench_inference(  # noqa: PLR0917 - click passes options by keyword
-    n: int, max_per_set: int, fast_paths: tuple[str, ...], naive_n: int | None, score_cli: bool, as_json: bool,
-    plot: Path | None, settings: EngineSettings,
+    n: int,
+    max_per_set: int,
+    fast_paths: tuple[str, ...],
+    naive_n: int | None,
+    score_cli: bool,
+    as_json: bool,
+    plot: Path | None,
+    settings: EngineSettings,
 ) -> None:
     """Naive HF pipeline vs batched pipeline vs the engine (FP32 and fast paths), and the FP32 GEMM ceiling."""
     result = run_inference_bench(
@@ -331,8 +365,10 @@ def bench_inference(  # noqa: PLR0917 - click passes options by keyword
         echo_json(result)
     else:
         for name, run in result["runs"].items():
-            click.echo(f"{name:22s} {run['docs_per_s']:8.1f} docs/s {run['tokens_per_s']:9.0f} tok/s "
-                       f"{100 * run['share_of_fp32_gemm_ceiling']:6.1f}% of FP32 GEMM")
+            click.echo(
+                f"{name:22s} {run['docs_per_s']:8.1f} docs/s {run['tokens_per_s']:9.0f} tok/s "
+                f"{100 * run['share_of_fp32_gemm_ceiling']:6.1f}% of FP32 GEMM"
+            )
         click.echo(json.dumps(result["accuracy"], indent=1))
 
 
@@ -356,11 +392,16 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
     from riskstream.es import make_client
 
     run_id = uuid.uuid4().hex[:8]
-    s = settings.model_copy(update={
-        "topic_raw": f"bench-raw-{run_id}", "topic_scored": f"bench-scored-{run_id}",
-        "topic_dlq": f"bench-dlq-{run_id}", "es_docs_alias": f"bench-docs-{run_id}",
-        "es_alerts_alias": f"bench-alerts-{run_id}", "group_id": f"bench-{run_id}",
-    })
+    s = settings.model_copy(
+        update={
+            "topic_raw": f"bench-raw-{run_id}",
+            "topic_scored": f"bench-scored-{run_id}",
+            "topic_dlq": f"bench-dlq-{run_id}",
+            "es_docs_alias": f"bench-docs-{run_id}",
+            "es_alerts_alias": f"bench-alerts-{run_id}",
+            "group_id": f"bench-{run_id}",
+        }
+    )
     seed = s.require_seed_data()
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
@@ -387,8 +428,12 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
             value = value.get_secret_value()
         env[f"RISKSTREAM_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
-    worker = subprocess.Popen([str(Path(sys.executable).parent / "riskstream"), "worker"], env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "riskstream"), "worker"],
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     rss_peak = 0.0
     stop_rss = threading.Event()
 
@@ -423,8 +468,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
 
         def poll_visible() -> None:
             while not done.is_set():
-                resp = es.search(index=s.es_docs_alias, query={"prefix": {"id": "lat-"}}, size=10_000,
-                                 source=False)
+                resp = es.search(index=s.es_docs_alias, query={"prefix": {"id": "lat-"}}, size=10_000, source=False)
                 now = time.perf_counter()
                 for hit in resp["hits"]["hits"]:
                     seen.setdefault(hit["_id"], now)

@@ -77,5 +77,7 @@ def score(input_path: Path, output_path: Path, channel: str | None, as_json: boo
     if as_json:
         echo_json(summary)
     else:
-        click.echo(f"scored {summary['documents']} documents with {summary['model_version']} -> {output_path} "
-                   f"({summary['docs_per_s']} docs/s)")
+        click.echo(
+            f"scored {summary['documents']} documents with {summary['model_version']} -> {output_path} "
+            f"({summary['docs_per_s']} docs/s)"
+        )

@@ -22,9 +22,7 @@ class WorkerMetrics:
         self.batch_seconds = Histogram(
             "riskstream_worker_batch_seconds", "Wall time of one micro-batch, parse to commit.", registry=r
         )
-        self.queue_depth = Gauge(
-            "riskstream_worker_queue_depth", "Messages received, not yet committed.", registry=r
-        )
+        self.queue_depth = Gauge("riskstream_worker_queue_depth", "Messages received, not yet committed.", registry=r)
         self.lag = Gauge(
             "riskstream_worker_consumer_lag", "High watermark minus position, per partition.", ["partition"], registry=r
         )

@@ -219,8 +219,12 @@ class Worker:
             )
             self.watcher.start()
         self._connect()
-        log.info("worker up: group %s, topic %s, model %s", self.settings.group_id, self.settings.topic_raw,
-                 self.engine.version)
+        log.info(
+            "worker up: group %s, topic %s, model %s",
+            self.settings.group_id,
+            self.settings.topic_raw,
+            self.engine.version,
+        )
         try:
             self._loop()
             self._drain()

@@ -71,8 +71,7 @@ def _ensure_topic(settings: IngestSettings, topic: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_settings(IngestSettings)
 def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by name
-    dataset: str, split: str, limit: int, min_chars: int, topic: str | None, as_json: bool, *,
-    settings: IngestSettings
+    dataset: str, split: str, limit: int, min_chars: int, topic: str | None, as_json: bool, *, settings: IngestSettings
 ) -> None:
     """Documents/s published by replay (pipeline only vs. the real broker with each compression)."""
     seed = settings.require_seed_data()
@@ -80,16 +79,18 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
     _ensure_topic(settings, topic)
     results: list[dict[str, object]] = []
 
-    def run(name: str, sink_settings: IngestSettings | None, *, dedupe: bool = False, workers: int = 1,
-            loop: bool = True) -> None:
+    def run(
+        name: str, sink_settings: IngestSettings | None, *, dedupe: bool = False, workers: int = 1, loop: bool = True
+    ) -> None:
         sink = KafkaPublisher(sink_settings) if sink_settings is not None else _EncodeOnlySink()
         ingestor = Ingestor(settings.model_copy(update={"prepare_workers": workers}), sink, db=None, dedupe=dedupe)
         if workers > 1:  # start the worker processes before the clock runs
             ingestor.prepare_many(list(replay_documents(seed, dataset, split, min_chars=min_chars))[:256])
         cpu0 = time.process_time()
         try:
-            stats = replay(ingestor, seed, dataset, split=split, limit=limit, loop=loop, min_chars=min_chars,
-                           progress=not as_json)
+            stats = replay(
+                ingestor, seed, dataset, split=split, limit=limit, loop=loop, min_chars=min_chars, progress=not as_json
+            )
         finally:
             t0 = time.perf_counter()
             ingestor.close()
@@ -97,17 +98,19 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
             close_s = time.perf_counter() - t0
         cpu_s = time.process_time() - cpu0  # this process, all its threads (not the worker processes)
         seconds = stats.seconds + close_s
-        results.append({
-            "variant": name,
-            "prepare_workers": workers,
-            "documents": stats.documents,
-            "published": stats.published,
-            "seconds": round(seconds, 3),
-            "docs_per_s": round(stats.documents / seconds, 1),
-            "avg_doc_bytes": round(stats.bytes / max(1, stats.documents)),
-            "mb_per_s": round(stats.bytes / seconds / 1e6, 2),
-            "main_process_cpu_us_per_doc": round(cpu_s / max(1, stats.documents) * 1e6),
-        })
+        results.append(
+            {
+                "variant": name,
+                "prepare_workers": workers,
+                "documents": stats.documents,
+                "published": stats.published,
+                "seconds": round(seconds, 3),
+                "docs_per_s": round(stats.documents / seconds, 1),
+                "avg_doc_bytes": round(stats.bytes / max(1, stats.documents)),
+                "mb_per_s": round(stats.bytes / seconds / 1e6, 2),
+                "main_process_cpu_us_per_doc": round(cpu_s / max(1, stats.documents) * 1e6),
+            }
+        )
 
     def kafka(compression: str) -> IngestSettings:
         return settings.model_copy(update={"topic_raw": topic, "compression": compression})
@@ -135,5 +138,7 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
         echo_json(report)
         return
     for r in results:
-        click.echo(f"{r['variant']:<18} {r['docs_per_s']:>10} docs/s  {r['mb_per_s']:>6} MB/s  "
-                   f"({r['documents']} docs of ~{r['avg_doc_bytes']} B)")
+        click.echo(
+            f"{r['variant']:<18} {r['docs_per_s']:>10} docs/s  {r['mb_per_s']:>6} MB/s  "
+            f"({r['documents']} docs of ~{r['avg_doc_bytes']} B)"
+        )

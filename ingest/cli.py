@@ -75,8 +75,9 @@ def crawl_cmd(feeds: tuple[str, ...], once: bool, settings: IngestSettings) -> N
     with runtime(settings) as (db, ingestor), _stop_on_signals() as stop:
         fetcher = Fetcher(settings, allowed_hosts=allowed, state=CrawlState(db))
         try:
-            crawler = Crawler(fetcher, ingestor, fetch_articles=settings.fetch_articles,
-                              min_article_chars=settings.min_article_chars)
+            crawler = Crawler(
+                fetcher, ingestor, fetch_articles=settings.fetch_articles, min_article_chars=settings.min_article_chars
+            )
             stats = crawler.run(list(feeds), interval_s=settings.crawl_interval_s, once=once, stop=stop.is_set)
         finally:
             fetcher.close()
@@ -97,10 +98,18 @@ def serve_cmd(port: int | None, settings: IngestSettings) -> None:
     if settings.push_token is None:
         raise click.UsageError("set RISKSTREAM_PUSH_TOKEN (or --push-token): the endpoint never runs unauthenticated")
     with runtime(settings) as (_db, ingestor):
-        app = create_app(ingestor, token=settings.push_token.get_secret_value(),
-                         max_body_bytes=settings.max_body_bytes, max_messages=settings.max_batch_messages)
-        uvicorn.run(app, host=settings.push_host, port=port if port is not None else settings.push_port,
-                    log_level=settings.log_level.lower())
+        app = create_app(
+            ingestor,
+            token=settings.push_token.get_secret_value(),
+            max_body_bytes=settings.max_body_bytes,
+            max_messages=settings.max_batch_messages,
+        )
+        uvicorn.run(
+            app,
+            host=settings.push_host,
+            port=port if port is not None else settings.push_port,
+            log_level=settings.log_level.lower(),
+        )
 
 
 @ingest.command("files")
@@ -112,8 +121,9 @@ def files_cmd(directory: Path, once: bool, settings: IngestSettings) -> None:
     from ingest.files import DirectoryWatcher
 
     with runtime(settings) as (db, ingestor), _stop_on_signals() as stop:
-        watcher = DirectoryWatcher(directory, ingestor, db, source=settings.files_source,
-                                   settle_s=settings.files_settle_s)
+        watcher = DirectoryWatcher(
+            directory, ingestor, db, source=settings.files_source, settle_s=settings.files_settle_s
+        )
         stats = watcher.run(poll_s=settings.files_poll_s, once=once, stop=stop.is_set)
     echo_json(stats.__dict__)
 
@@ -121,8 +131,12 @@ def files_cmd(directory: Path, once: bool, settings: IngestSettings) -> None:
 @ingest.command("replay")
 @click.option("--dataset", required=True, help="Seed dataset name (a folder of the seed data).")
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="train", show_default=True)
-@click.option("--rate", type=float, default=None, help="Documents per second (token bucket); default: as fast "
-              "as the broker acknowledges.")
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="Documents per second (token bucket); default: as fast as the broker acknowledges.",
+)
 @click.option("--limit", type=int, default=None, help="Stop after this many documents.")
 @click.option("--loop", is_flag=True, help="Start over at the end of the split (ids repeat: downstream overwrites).")
 @with_settings(IngestSettings)
@@ -139,8 +153,14 @@ def replay_cmd(
 
 
 @ingest.command("pii-eval")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=DATA_DIR / "pii_eval.jsonl", show_default=True, help="Labeled JSONL set (text, spans).")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DATA_DIR / "pii_eval.jsonl",
+    show_default=True,
+    help="Labeled JSONL set (text, spans).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def pii_eval_cmd(path: Path, as_json: bool) -> None:
     """Precision and recall of the PII redactor per type on a labeled set."""
@@ -152,8 +172,9 @@ def pii_eval_cmd(path: Path, as_json: bool) -> None:
     if as_json:
         echo_json(report)
         return
-    click.echo(f"{report['examples']} examples from {path}; gold values left in the text: "
-               f"{report['leaked_gold_values']}")
+    click.echo(
+        f"{report['examples']} examples from {path}; gold values left in the text: {report['leaked_gold_values']}"
+    )
     click.echo(f"{'type':<8} {'gold':>5} {'pred':>5} {'precision':>9} {'recall':>7}")
     per_type: dict[str, dict[str, Any]] = report["per_type"]  # type: ignore[assignment]
     for name, row in per_type.items():

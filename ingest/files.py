@@ -108,8 +108,9 @@ def _records(path: Path, data: bytes) -> Iterator[tuple[int, str, dict[str, Any]
 
 
 class DirectoryWatcher:
-    def __init__(self, directory: Path, ingestor: Ingestor, db: Database, *, source: str = "files",
-                 settle_s: float = 1.0) -> None:
+    def __init__(
+        self, directory: Path, ingestor: Ingestor, db: Database, *, source: str = "files", settle_s: float = 1.0
+    ) -> None:
         self.directory = directory
         self.ingestor = ingestor
         self.db = db
@@ -123,8 +124,16 @@ class DirectoryWatcher:
 
     def _record(self, path: Path, digest: str, size: int, documents: int, errors: int) -> None:
         with self.db.session() as session, session.begin():
-            session.merge(ProcessedFileRow(path=str(path), sha256=digest, size=size, documents=documents,
-                                           errors=errors, processed_at=datetime.now(tz=UTC)))
+            session.merge(
+                ProcessedFileRow(
+                    path=str(path),
+                    sha256=digest,
+                    size=size,
+                    documents=documents,
+                    errors=errors,
+                    processed_at=datetime.now(tz=UTC),
+                )
+            )
 
     def candidates(self) -> list[Path]:
         now = time.time()
@@ -161,8 +170,15 @@ class DirectoryWatcher:
                     error = f"schema_violation: {exc}"
             if error is not None:
                 reason = error.split(":", 1)[0]
-                dead.append(DeadLetter(reason=reason, error=error, stage="ingest", key=f"{path.name}:{lineno}",
-                                       payload=self.ingestor.redactor.redact(raw[:10_000])[0]))
+                dead.append(
+                    DeadLetter(
+                        reason=reason,
+                        error=error,
+                        stage="ingest",
+                        key=f"{path.name}:{lineno}",
+                        payload=self.ingestor.redactor.redact(raw[:10_000])[0],
+                    )
+                )
             if len(docs) >= BATCH:
                 result = self.ingestor.ingest(docs)
                 published += len(result.published)

@@ -35,8 +35,10 @@ class Span:
     type: str
 
 
-EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])")
+EMAIL_RE = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])"
+)
 # two letters, two check digits, then 11-30 alphanumerics, optionally grouped by single spaces
 IBAN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
 # 13-19 digits, optionally separated by single spaces or dashes
@@ -46,9 +48,7 @@ ACCOUNT_CUE = (
     r"(?:no|number)|reference\s*number|policy\s*(?:no|number)|roll\s*number|building\s*society\s*number)"
 )
 ACCOUNT_CUE_WORDS = ("acc", "a/c", "customer", "member", "reference", "policy", "roll", "building", "sort")
-ACCOUNT_RE = re.compile(
-    ACCOUNT_CUE + r"[^\d\n]{0,25}?(?P<num>(?<!\d)\d(?:[ -]?\d){7,11}(?!\d))", re.IGNORECASE
-)
+ACCOUNT_RE = re.compile(ACCOUNT_CUE + r"[^\d\n]{0,25}?(?P<num>(?<!\d)\d(?:[ -]?\d){7,11}(?!\d))", re.IGNORECASE)
 SORT_CODE_RE = re.compile(r"sort[\s-]*code[^\d\n]{0,15}?(?P<num>(?<!\d)\d{2}[- ]?\d{2}[- ]?\d{2}(?!\d))", re.IGNORECASE)
 NAME_WORD = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
 TITLE_RE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?P<name>" + NAME_WORD + r"(?:\s+" + NAME_WORD + r")?)")
@@ -59,7 +59,10 @@ INTRO_RE = re.compile(
 )
 SIGNOFF_RE = re.compile(
     r"(?:^|\n|[.!]\s+)(?:[Tt]hanks|[Tt]hank you|[Rr]egards|[Kk]ind regards|[Bb]est(?: regards| wishes)?|[Cc]heers|"
-    r"[Ss]incerely|[Yy]ours sincerely|[Mm]any thanks)\s*[,.!-]?\s*(?P<name>" + NAME_WORD + r"(?:\s+" + NAME_WORD
+    r"[Ss]incerely|[Yy]ours sincerely|[Mm]any thanks)\s*[,.!-]?\s*(?P<name>"
+    + NAME_WORD
+    + r"(?:\s+"
+    + NAME_WORD
     + r")?)\s*[.!]?\s*$"
 )
 # a run of digits with phone punctuation, optionally led by + or (; a window for the phone matcher
@@ -90,8 +93,8 @@ class Redactor:
         detect_names: bool = True,
     ) -> None:
         self.regions = tuple(regions)
-        self.first_names = frozenset(first_names) if first_names is not None else load_wordlist(
-            DATA_DIR / "first_names.txt"
+        self.first_names = (
+            frozenset(first_names) if first_names is not None else load_wordlist(DATA_DIR / "first_names.txt")
         )
         self.not_names = frozenset(not_names) if not_names is not None else load_wordlist(DATA_DIR / "not_names.txt")
         self.detect_names = detect_names

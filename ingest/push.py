@@ -115,8 +115,9 @@ def create_app(ingestor: Ingestor, *, token: str, max_body_bytes: int, max_messa
     async def post_messages(request: Request) -> JSONResponse:
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
-            return JSONResponse(status_code=401, content={"detail": "missing bearer token"},
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                status_code=401, content={"detail": "missing bearer token"}, headers={"WWW-Authenticate": "Bearer"}
+            )
         if not hmac.compare_digest(auth[7:].strip().encode("utf-8"), expected):
             return _error(403, "invalid token")
         declared = request.headers.get("content-length")

@@ -33,8 +33,14 @@ def channel_for(dataset: str) -> str:
 class TokenBucket:
     """``rate`` tokens per second, bursts up to ``burst``; ``acquire`` blocks until ``n`` tokens are available."""
 
-    def __init__(self, rate: float, burst: float | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
@@ -82,15 +88,25 @@ def replay_documents(seed_dir: Path, dataset: str, split: str, *, min_chars: int
     first_row = 0
     for row_no, text, label in iter_rows(path):
         if min_chars <= 0:
-            yield RawDocument(id=f"{dataset}-{split}-{row_no}", channel=channel, source=source, text=text,
-                              metadata={"dataset": dataset, "split": split, "gold_label": label})
+            yield RawDocument(
+                id=f"{dataset}-{split}-{row_no}",
+                channel=channel,
+                source=source,
+                text=text,
+                metadata={"dataset": dataset, "split": split, "gold_label": label},
+            )
             continue
         if not parts:
             first_row = row_no
         parts.append(text)
         if sum(len(p) + 1 for p in parts) >= min_chars:
-            yield RawDocument(id=f"{dataset}-{split}-{first_row}-{row_no}", channel=channel, source=source,
-                              text=" ".join(parts), metadata={"dataset": dataset, "split": split})
+            yield RawDocument(
+                id=f"{dataset}-{split}-{first_row}-{row_no}",
+                channel=channel,
+                source=source,
+                text=" ".join(parts),
+                metadata={"dataset": dataset, "split": split},
+            )
             parts = []
 
 

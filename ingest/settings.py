@@ -43,8 +43,11 @@ class IngestSettings(CommonSettings):
         ge=0.0,
         description="Cap on a robots.txt Crawl-delay; a host asking for more is crawled at this pace and logged.",
     )
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect timeout; lower fails dead hosts "
-                                     "faster, higher tolerates slow networks.")
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="TCP connect timeout; lower fails dead hosts faster, higher tolerates slow networks.",
+    )
     read_timeout_s: float = Field(
         default=15.0, gt=0, description="Timeout between two reads of a response; slow servers beyond it are retried."
     )
@@ -54,11 +57,14 @@ class IngestSettings(CommonSettings):
         description="Largest response body read (streamed; the transfer is aborted beyond it). Higher accepts huge "
         "pages at the cost of memory.",
     )
-    max_redirects: int = Field(default=5, ge=0, description="Redirect hops followed (each checked for scheme, host "
-                               "and robots.txt).")
+    max_redirects: int = Field(
+        default=5, ge=0, description="Redirect hops followed (each checked for scheme, host and robots.txt)."
+    )
     fetch_retries: int = Field(
-        default=3, ge=1, description="Attempts per URL on timeouts, connection errors, 429 and 5xx (exponential "
-        "backoff); more attempts ride out blips but make a dead host slower to skip."
+        default=3,
+        ge=1,
+        description="Attempts per URL on timeouts, connection errors, 429 and 5xx (exponential "
+        "backoff); more attempts ride out blips but make a dead host slower to skip.",
     )
     backoff_initial_s: float = Field(default=0.5, ge=0, description="First retry wait; doubles per attempt.")
     backoff_max_s: float = Field(default=30.0, ge=0, description="Longest wait between two retries.")
@@ -126,8 +132,9 @@ class IngestSettings(CommonSettings):
         description="Estimated Jaccard similarity of word shingles above which a document is a copy of an earlier "
         "story. Lower links more rewrites (and more false links).",
     )
-    minhash_perm: int = Field(default=128, ge=16, le=512, description="MinHash permutations: more is more "
-                              "accurate and slower.")
+    minhash_perm: int = Field(
+        default=128, ge=16, le=512, description="MinHash permutations: more is more accurate and slower."
+    )
     shingle_words: int = Field(default=3, ge=1, le=8, description="Words per shingle for near-duplicate detection.")
     dedupe_retention_days: float = Field(
         default=14.0,
@@ -143,13 +150,17 @@ class IngestSettings(CommonSettings):
         default=None, description="Bearer token required by POST /v1/messages (the endpoint refuses to start without)."
     )
     max_body_bytes: int = Field(
-        default=1_000_000, gt=0, description="Largest request body accepted (413 beyond); bigger batches mean fewer "
-        "requests but more memory per request."
+        default=1_000_000,
+        gt=0,
+        description="Largest request body accepted (413 beyond); bigger batches mean fewer "
+        "requests but more memory per request.",
     )
     max_batch_messages: int = Field(default=1000, gt=0, description="Largest number of messages in one request.")
     publish_timeout_s: float = Field(
-        default=30.0, gt=0, description="How long a request or file waits for the broker's acknowledgements before "
-        "it is reported failed (HTTP 503)."
+        default=30.0,
+        gt=0,
+        description="How long a request or file waits for the broker's acknowledgements before "
+        "it is reported failed (HTTP 503).",
     )
 
     # ---- watched directory ------------------------------------------------------------------------------------
@@ -160,8 +171,11 @@ class IngestSettings(CommonSettings):
         description="A file modified less than this many seconds ago is left for the next scan (it may still be "
         "being written).",
     )
-    files_source: str = Field(default="files", description="Source name of documents read from the directory "
-                              "(when a row has no `source`); it namespaces message ids.")
+    files_source: str = Field(
+        default="files",
+        description="Source name of documents read from the directory "
+        "(when a row has no `source`); it namespaces message ids.",
+    )
 
     # ---- replay -----------------------------------------------------------------------------------------------
     replay_dedupe: bool = Field(

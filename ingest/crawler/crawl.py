@@ -58,8 +58,9 @@ def _strip_html(value: str | None) -> str:
 
 
 class Crawler:
-    def __init__(self, fetcher: Fetcher, ingestor: Ingestor, *, fetch_articles: bool = True,
-                 min_article_chars: int = 40) -> None:
+    def __init__(
+        self, fetcher: Fetcher, ingestor: Ingestor, *, fetch_articles: bool = True, min_article_chars: int = 40
+    ) -> None:
         self.fetcher = fetcher
         self.ingestor = ingestor
         self.fetch_articles = fetch_articles
@@ -125,12 +126,17 @@ class Crawler:
             stats.not_modified += 1
             log.info("feed %s not modified (304)", feed_url)
             return
-        parsed = parse_feed(response.content, content_type=response.headers.get("content-type"),
-                            base_url=response.final_url)
+        parsed = parse_feed(
+            response.content, content_type=response.headers.get("content-type"), base_url=response.final_url
+        )
         if parsed.error:
             stats.feed_errors += 1
-            log.warning("feed %s is malformed (%s); keeping the %d entries that parsed", feed_url, parsed.error,
-                        len(parsed.entries))
+            log.warning(
+                "feed %s is malformed (%s); keeping the %d entries that parsed",
+                feed_url,
+                parsed.error,
+                len(parsed.entries),
+            )
         docs: list[RawDocument] = []
         for entry in parsed.entries:
             stats.entries += 1
@@ -159,8 +165,9 @@ class Crawler:
         log.info("crawl pass: %s", stats.as_dict())
         return stats
 
-    def run(self, feeds: Sequence[str], *, interval_s: float, once: bool,
-            stop: Callable[[], bool] = lambda: False) -> CrawlStats:
+    def run(
+        self, feeds: Sequence[str], *, interval_s: float, once: bool, stop: Callable[[], bool] = lambda: False
+    ) -> CrawlStats:
         stats = self.crawl(feeds)
         while not once and not stop():
             deadline = time.monotonic() + interval_s

@@ -125,8 +125,9 @@ class Fetcher:
         delay = policy.crawl_delay(self.settings.robots_agent)
         if delay is not None:
             if delay > self.settings.max_crawl_delay_s:
-                log.warning("%s asks for Crawl-delay %.0fs; capped at %.0fs", host, delay,
-                            self.settings.max_crawl_delay_s)
+                log.warning(
+                    "%s asks for Crawl-delay %.0fs; capped at %.0fs", host, delay, self.settings.max_crawl_delay_s
+                )
             self.throttle.set_delay(host, min(delay, self.settings.max_crawl_delay_s))
         return policy.allowed(url, self.settings.robots_agent)
 
@@ -166,8 +167,9 @@ class Fetcher:
             except (httpx.TransportError, httpx.DecodingError) as exc:
                 raise _RetryableError(f"network_error: {type(exc).__name__}") from exc
 
-    def _request(self, url: str, headers: dict[str, str], *, truncate: bool = False) -> tuple[int, httpx.Headers,
-                                                                                               bytes]:
+    def _request(
+        self, url: str, headers: dict[str, str], *, truncate: bool = False
+    ) -> tuple[int, httpx.Headers, bytes]:
         """``_once`` with retries: timeouts, network errors, 5xx, 429/503 with Retry-After."""
 
         def attempt() -> tuple[int, httpx.Headers, bytes]:
@@ -203,8 +205,11 @@ class Fetcher:
             return
         previous = self.state.get(url) or UrlState(url)
         until = datetime.now(tz=UTC) + timedelta(seconds=seconds)
-        self.state.put(UrlState(url, previous.etag, previous.last_modified, previous.status, previous.body,
-                                previous.fetched_at, until))
+        self.state.put(
+            UrlState(
+                url, previous.etag, previous.last_modified, previous.status, previous.body, previous.fetched_at, until
+            )
+        )
 
     def _fetch_robots(self, url: str) -> tuple[int, bytes | None]:
         """(status, body) of a robots.txt, following up to 5 redirects; 0 when unreachable."""

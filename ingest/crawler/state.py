@@ -33,8 +33,7 @@ class CrawlState:
             row = session.get(CrawlStateRow, url)
             if row is None:
                 return None
-            return UrlState(row.url, row.etag, row.last_modified, row.status, row.body, row.fetched_at,
-                            row.retry_after)
+            return UrlState(row.url, row.etag, row.last_modified, row.status, row.body, row.fetched_at, row.retry_after)
 
     def put(self, state: UrlState) -> None:
         with self.db.session() as session, session.begin():

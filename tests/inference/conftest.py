@@ -40,8 +40,12 @@ def make_bundle(path: Path, version: str, seed: int = 0) -> str:
     with torch.no_grad():
         for head in model.heads.parameters():
             head.mul_(8.0)
-    return save_bundle(model, tokenizer, BundleManifest(version=version, base_model="all-MiniLM-L6-v2",
-                                                        tasks=_tasks(), max_length=128), path)
+    return save_bundle(
+        model,
+        tokenizer,
+        BundleManifest(version=version, base_model="all-MiniLM-L6-v2", tasks=_tasks(), max_length=128),
+        path,
+    )
 
 
 @pytest.fixture(scope="session")

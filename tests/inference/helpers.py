@@ -88,8 +88,15 @@ def read_topic(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> 
     return out
 
 
-def register(settings: CommonSettings, version: str, path: Path, digest: str, *, promoted_at: datetime | None = None,
-             retire_others: bool = True) -> None:
+def register(
+    settings: CommonSettings,
+    version: str,
+    path: Path,
+    digest: str,
+    *,
+    promoted_at: datetime | None = None,
+    retire_others: bool = True,
+) -> None:
     """Make ``version`` the champion (the write side belongs to finetune; tests insert the row directly)."""
     from sqlalchemy import update
 

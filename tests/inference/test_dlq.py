@@ -27,8 +27,13 @@ def test_good_document_without_id_or_ingested_at_gets_stable_defaults() -> None:
 
 
 def test_own_id_and_time_are_kept() -> None:
-    doc = parse(src(json.dumps({"id": "abc", "channel": "customer_service", "text": "hi",
-                                "ingested_at": "2024-01-02T03:04:05Z"}).encode()))
+    doc = parse(
+        src(
+            json.dumps(
+                {"id": "abc", "channel": "customer_service", "text": "hi", "ingested_at": "2024-01-02T03:04:05Z"}
+            ).encode()
+        )
+    )
     assert isinstance(doc, RawDocument)
     assert doc.id == "abc" and doc.ingested_at == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -28,8 +28,13 @@ def engines(bundle_v1: tuple[Path, str]) -> dict[str, Engine]:
     bundle = load_bundle(bundle_v1[0])
     # a small token budget forces many packs and the tokenizer thread (len(TEXTS) > max_batch_docs)
     return {
-        prec: Engine(load_bundle(bundle_v1[0]) if prec == "int8" else bundle, place("cpu", prec, 2),
-                     token_budget=512, max_batch_docs=16, sort_window=64)
+        prec: Engine(
+            load_bundle(bundle_v1[0]) if prec == "int8" else bundle,
+            place("cpu", prec, 2),
+            token_budget=512,
+            max_batch_docs=16,
+            sort_window=64,
+        )
         for prec in ("fp32", "bf16", "int8")
     }
 

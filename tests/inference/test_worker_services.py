@@ -158,8 +158,9 @@ def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
     log = (tmp_path / "worker.log").open("w")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: es_count(worker_settings) >= 16, 240, "the first worker to index some documents",
-                   interval=0.2)
+        wait_until(
+            lambda: es_count(worker_settings) >= 16, 240, "the first worker to index some documents", interval=0.2
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         # the stream goes on while no worker runs
@@ -180,7 +181,9 @@ def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
 
 
 def test_hot_swap_between_batches_and_corrupt_champion_refused(
-    worker_settings: WorkerSettings, bundle_factory: BundleFactory, start_worker: Callable[..., Running],
+    worker_settings: WorkerSettings,
+    bundle_factory: BundleFactory,
+    start_worker: Callable[..., Running],
     tmp_path: Path,
 ) -> None:
     v1 = bundle_factory("swap-v1", 1)
@@ -190,15 +193,16 @@ def test_hot_swap_between_batches_and_corrupt_champion_refused(
     produce(worker_settings, good_docs("before", 10))
     wait_until(lambda: es_count(worker_settings) >= 10, 120, "the first documents")
     register(worker_settings, "swap-v2", *v2)
-    wait_until(lambda: run.worker.watcher is not None and run.worker.watcher.current[0] == "swap-v2", 60,
-               "the watcher to load swap-v2")
+    wait_until(
+        lambda: run.worker.watcher is not None and run.worker.watcher.current[0] == "swap-v2",
+        60,
+        "the watcher to load swap-v2",
+    )
     produce(worker_settings, good_docs("after", 10))
     wait_until(lambda: es_count(worker_settings) >= 20, 120, "the later documents")
     # a corrupt champion (digest does not match the registry's) is refused; serving goes on with v2
     register(worker_settings, "swap-v3", v2[0], "f" * 64)
-    wait_until(
-        lambda: run.worker.metrics.failures.labels(reason="model_refused")._value.get() >= 1, 30, "the refusal"
-    )
+    wait_until(lambda: run.worker.metrics.failures.labels(reason="model_refused")._value.get() >= 1, 30, "the refusal")
     produce(worker_settings, good_docs("late", 5))
     wait_until(lambda: es_count(worker_settings) >= 25, 120, "the last documents")
     run.stop()

@@ -8,8 +8,7 @@ from typing import Any
 from kafka import KafkaConsumer
 
 
-def consume(bootstrap: str, topic: str, expected: int, *, timeout_s: float = 30.0,
-            settle_s: float = 2.0) -> list[Any]:
+def consume(bootstrap: str, topic: str, expected: int, *, timeout_s: float = 30.0, settle_s: float = 2.0) -> list[Any]:
     """Every record of ``topic`` from the start: waits for ``expected`` records, then ``settle_s`` more so an
     unexpected extra record (a duplicate publish) would be seen too."""
     consumer = KafkaConsumer(

@@ -104,8 +104,15 @@ class Site:
             return
         self._send(handler, path, headers, route.status, route.body, extra)
 
-    def _send(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str], status: int, body: bytes,
-              extra: dict[str, str]) -> None:
+    def _send(
+        self,
+        handler: BaseHTTPRequestHandler,
+        path: str,
+        headers: dict[str, str],
+        status: int,
+        body: bytes,
+        extra: dict[str, str],
+    ) -> None:
         self.log.append(Seen(path, headers, status))
         try:
             handler.send_response(status)
@@ -138,8 +145,9 @@ OTHER_STORY = (
 )
 
 
-def article_html(title: str, paragraphs: str, *, published: str = "2026-11-20T08:30:00+01:00",
-                 charset: str | None = "utf-8") -> str:
+def article_html(
+    title: str, paragraphs: str, *, published: str = "2026-11-20T08:30:00+01:00", charset: str | None = "utf-8"
+) -> str:
     meta = f'<meta charset="{charset}">' if charset else ""
     paras = "".join(f"<p>{s.strip()}.</p>" for s in paragraphs.split(". ") if s.strip())
     return (
@@ -158,5 +166,7 @@ def rss(items: list[tuple[str, str, str]], *, encoding: str = "utf-8") -> str:
         f"<description>{t} - summary.</description></item>"
         for t, link, d in items
     )
-    return (f'<?xml version="1.0" encoding="{encoding}"?><rss version="2.0"><channel><title>Example News</title>'
-            f"<link>http://example/</link><description>Markets</description>{body}</channel></rss>")
+    return (
+        f'<?xml version="1.0" encoding="{encoding}"?><rss version="2.0"><channel><title>Example News</title>'
+        f"<link>http://example/</link><description>Markets</description>{body}</channel></rss>"
+    )

@@ -39,17 +39,19 @@ def news_site(site: Site) -> None:
     site.routes["/news/apple-warning"] = Route(body=article_html("Apple warns on China", STORY).encode(), headers=html)
     copy = "From our partners at Example Wire. " + STORY.replace("on Tuesday", "on Tuesday in New York")
     site.routes["/wire/apple-warning-copy"] = Route(body=article_html("Apple warns", copy).encode(), headers=html)
-    site.routes["/news/hsbc-profit"] = Route(body=article_html("HSBC profit jumps", OTHER_STORY).encode(),
-                                             headers=html)
+    site.routes["/news/hsbc-profit"] = Route(body=article_html("HSBC profit jumps", OTHER_STORY).encode(), headers=html)
     site.routes["/private/secret-story"] = Route(body=article_html("Secret", OTHER_STORY).encode(), headers=html)
-    feed = rss([
-        ("Apple warns on China", site.url("/news/apple-warning?utm_source=rss"), "Fri, 20 Nov 2026 08:00:00 +0100"),
-        ("Apple warns (wire)", site.url("/wire/apple-warning-copy"), "Fri, 20 Nov 2026 09:00:00 +0100"),
-        ("HSBC profit jumps", site.url("/news/hsbc-profit"), "Fri, 20 Nov 2026 10:00:00 +0100"),
-        ("Secret", site.url("/private/secret-story"), "Fri, 20 Nov 2026 11:00:00 +0100"),
-    ])
-    site.routes["/feed.xml"] = Route(body=feed.encode(), headers={"Content-Type": "application/rss+xml"},
-                                     etag='"feed-v1"', last_modified=DATE)
+    feed = rss(
+        [
+            ("Apple warns on China", site.url("/news/apple-warning?utm_source=rss"), "Fri, 20 Nov 2026 08:00:00 +0100"),
+            ("Apple warns (wire)", site.url("/wire/apple-warning-copy"), "Fri, 20 Nov 2026 09:00:00 +0100"),
+            ("HSBC profit jumps", site.url("/news/hsbc-profit"), "Fri, 20 Nov 2026 10:00:00 +0100"),
+            ("Secret", site.url("/private/secret-story"), "Fri, 20 Nov 2026 11:00:00 +0100"),
+        ]
+    )
+    site.routes["/feed.xml"] = Route(
+        body=feed.encode(), headers={"Content-Type": "application/rss+xml"}, etag='"feed-v1"', last_modified=DATE
+    )
 
 
 def test_feed_crawl_is_polite_linked_and_conditional(
@@ -138,8 +140,7 @@ def test_429_retry_after_is_honoured(site: Site, ingest_settings: IngestSettings
     fetcher.close()
 
 
-def test_long_retry_after_defers_the_url_across_runs(site: Site, ingest_settings: IngestSettings,
-                                                      db: Database) -> None:
+def test_long_retry_after_defers_the_url_across_runs(site: Site, ingest_settings: IngestSettings, db: Database) -> None:
     site.routes["/feed"] = Route(status=503, headers={"Retry-After": "3600"})
     fetcher = make_fetcher(ingest_settings, db)
     with pytest.raises(FetchError) as info:
@@ -189,8 +190,11 @@ def test_redirects_are_checked_per_hop(site: Site, fetcher: Fetcher) -> None:
     site.routes["/go-away"] = Route(status=302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
     site.routes["/go-ok"] = Route(status=301, headers={"Location": "/ok"})
     site.routes["/ok"] = Route(body=b"fine")
-    for path, reason in [("/go-private", "disallowed_by_robots"), ("/go-file", "scheme_not_allowed"),
-                         ("/go-away", "host_not_allowed")]:
+    for path, reason in [
+        ("/go-private", "disallowed_by_robots"),
+        ("/go-file", "scheme_not_allowed"),
+        ("/go-away", "host_not_allowed"),
+    ]:
         with pytest.raises(FetchError) as info:
             fetcher.get(site.url(path))
         assert info.value.reason == reason
@@ -201,10 +205,12 @@ def test_redirects_are_checked_per_hop(site: Site, fetcher: Fetcher) -> None:
 
 def test_truncated_feed_yields_what_parses(site: Site, fetcher: Fetcher, ingestor: Ingestor, sink: ListSink) -> None:
     news_site(site)
-    full = rss([
-        ("Apple warns on China", site.url("/news/apple-warning"), "Fri, 20 Nov 2026 08:00:00 +0100"),
-        ("HSBC profit jumps", site.url("/news/hsbc-profit"), "Fri, 20 Nov 2026 10:00:00 +0100"),
-    ])
+    full = rss(
+        [
+            ("Apple warns on China", site.url("/news/apple-warning"), "Fri, 20 Nov 2026 08:00:00 +0100"),
+            ("HSBC profit jumps", site.url("/news/hsbc-profit"), "Fri, 20 Nov 2026 10:00:00 +0100"),
+        ]
+    )
     cut = full[: full.index("<item>", full.index("<item>") + 1) + 30]  # second item cut in the middle
     site.routes["/broken.xml"] = Route(body=cut.encode(), headers={"Content-Type": "application/rss+xml"})
     stats = Crawler(fetcher, ingestor).crawl([site.url("/broken.xml")])
@@ -222,10 +228,13 @@ def test_wrong_encodings(site: Site, fetcher: Fetcher, ingestor: Ingestor, sink:
     )
     # binary garbage served as a page: skipped with a logged reason
     site.routes["/news/binary"] = Route(body=bytes(range(256)) * 50, headers={"Content-Type": "text/html"})
-    feed = rss([
-        ("Märkte in Zürich", site.url("/news/latin1"), "Fri, 20 Nov 2026 08:00:00 +0100"),
-        ("Binary", site.url("/news/binary"), "Fri, 20 Nov 2026 08:00:00 +0100"),
-    ], encoding="iso-8859-1")
+    feed = rss(
+        [
+            ("Märkte in Zürich", site.url("/news/latin1"), "Fri, 20 Nov 2026 08:00:00 +0100"),
+            ("Binary", site.url("/news/binary"), "Fri, 20 Nov 2026 08:00:00 +0100"),
+        ],
+        encoding="iso-8859-1",
+    )
     site.routes["/latin1.xml"] = Route(body=feed.encode("latin-1"), headers={"Content-Type": "application/xml"})
     stats = Crawler(fetcher, ingestor).crawl([site.url("/latin1.xml")])
     docs = {d.title: d for d in sink.docs}

@@ -17,12 +17,14 @@ def _news(doc_id: str, text: str) -> RawDocument:
 
 def test_exact_duplicate_dropped_and_copy_linked(ingestor: Ingestor, sink: ListSink) -> None:
     copy = "Reuters - " + STORY.replace("Tuesday", "Tuesday, sources said,")
-    result = ingestor.ingest([
-        _news("a", STORY),
-        _news("b", "  " + STORY.upper() + " "),  # exact duplicate after normalisation
-        _news("c", copy),
-        _news("d", OTHER_STORY),
-    ])
+    result = ingestor.ingest(
+        [
+            _news("a", STORY),
+            _news("b", "  " + STORY.upper() + " "),  # exact duplicate after normalisation
+            _news("c", copy),
+            _news("d", OTHER_STORY),
+        ]
+    )
     assert result.duplicates == ["b"]
     by_id = {d.id: d for d in sink.docs}
     assert set(by_id) == {"a", "c", "d"}

@@ -25,13 +25,20 @@ def test_each_file_once_across_restarts_and_bad_lines_to_dlq(
 ) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    write_old(inbox / "export.jsonl", "\n".join([
-        json.dumps({"id": "A1", "text": "Card 4539148803436467 stolen, email bob@example.com", "source": "crm"}),
-        '{"id": "A9", "text": "broken json, card 4539 1488 0343 6467',
-        json.dumps({"id": "A2", "text": ""}),
-        json.dumps({"text": "no id here, still fine"}),
-        json.dumps(["not", "an", "object"]),
-    ]))
+    write_old(
+        inbox / "export.jsonl",
+        "\n".join(
+            [
+                json.dumps(
+                    {"id": "A1", "text": "Card 4539148803436467 stolen, email bob@example.com", "source": "crm"}
+                ),
+                '{"id": "A9", "text": "broken json, card 4539 1488 0343 6467',
+                json.dumps({"id": "A2", "text": ""}),
+                json.dumps({"text": "no id here, still fine"}),
+                json.dumps(["not", "an", "object"]),
+            ]
+        ),
+    )
     write_old(inbox / "calls.csv", "id,text,agent\nC1,Call me on +44 20 7946 0958 please,Ann\nC2,,Bob\n")
     (inbox / "notes.txt").write_text("ignored", encoding="utf-8")
     (inbox / "fresh.jsonl").write_text(json.dumps({"text": "still being written"}), encoding="utf-8")
@@ -62,8 +69,9 @@ def test_each_file_once_across_restarts_and_bad_lines_to_dlq(
     assert third.files == 1 and [d.id for d in sink2.docs] == ["files:C3"]
 
 
-def test_a_file_whose_publish_failed_is_read_again(tmp_path: Path, ingest_settings: IngestSettings,
-                                                    db: Database) -> None:
+def test_a_file_whose_publish_failed_is_read_again(
+    tmp_path: Path, ingest_settings: IngestSettings, db: Database
+) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     write_old(inbox / "x.jsonl", json.dumps({"id": "1", "text": "hello there"}) + "\n")

@@ -39,8 +39,13 @@ EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
 def ingest_settings_from(settings: CommonSettings, **overrides: Any) -> IngestSettings:
     common = {name: getattr(settings, name) for name in CommonSettings.model_fields}
-    fast = {"per_host_interval_s": 0.0, "read_timeout_s": 2.0, "backoff_initial_s": 0.01, "fetch_retries": 2,
-            "publish_timeout_s": 30.0}
+    fast = {
+        "per_host_interval_s": 0.0,
+        "read_timeout_s": 2.0,
+        "backoff_initial_s": 0.01,
+        "fetch_retries": 2,
+        "publish_timeout_s": 30.0,
+    }
     return IngestSettings(**{**common, **fast, **overrides})
 
 
@@ -59,11 +64,17 @@ def test_published_records_are_keyed_by_id_and_redacted(settings: CommonSettings
     ingestor = Ingestor(cfg, publisher, db=db)
     client = TestClient(create_app(ingestor, token="t0ken", max_body_bytes=100_000, max_messages=100))
     try:
-        response = client.post("/v1/messages", headers={"Authorization": "Bearer t0ken"}, json={"messages": [
-            {"id": "m1", "source": "crm", "text": f"my card {CARD} was cloned, write to {EMAIL}"},
-            {"id": "m2", "source": "crm", "text": f"IBAN {IBAN}, account number {ACCOUNT}, call {PHONE}"},
-            {"text": "no id, no personal data"},
-        ]})
+        response = client.post(
+            "/v1/messages",
+            headers={"Authorization": "Bearer t0ken"},
+            json={
+                "messages": [
+                    {"id": "m1", "source": "crm", "text": f"my card {CARD} was cloned, write to {EMAIL}"},
+                    {"id": "m2", "source": "crm", "text": f"IBAN {IBAN}, account number {ACCOUNT}, call {PHONE}"},
+                    {"text": "no id, no personal data"},
+                ]
+            },
+        )
         assert response.status_code == 202
         ids = response.json()["ids"]
         assert ids[:2] == ["crm:m1", "crm:m2"] and len(ids) == 3
@@ -81,19 +92,35 @@ def test_published_records_are_keyed_by_id_and_redacted(settings: CommonSettings
 def test_replay_publishes_stable_ids(settings: CommonSettings) -> None:
     cfg = ingest_settings_from(settings)
     assert cfg.seed_data is not None, "the test settings name the seed data"
-    result = CliRunner().invoke(ingest, ["replay", "--dataset", "banking77", "--limit", "40", "--rate", "400",
-                                         *_flags(cfg)])
+    result = CliRunner().invoke(
+        ingest, ["replay", "--dataset", "banking77", "--limit", "40", "--rate", "400", *_flags(cfg)]
+    )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output[result.output.index("{"):])["published"] == 40
+    assert json.loads(result.output[result.output.index("{") :])["published"] == 40
     records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=40)
     assert sorted(r.key.decode() for r in records) == sorted(f"banking77-train-{i}" for i in range(40))
     assert {RawDocument.model_validate_json(r.value).channel for r in records} == {"customer_service"}
 
 
 def _flags(cfg: IngestSettings) -> list[str]:
-    flags = ["--kafka-bootstrap", cfg.kafka_bootstrap, "--topic-raw", cfg.topic_raw, "--topic-dlq", cfg.topic_dlq,
-             "--data-dir", str(cfg.data_dir), "--per-host-interval-s", "0", "--read-timeout-s", "2",
-             "--backoff-initial-s", "0.01", "--fetch-retries", "2"]
+    flags = [
+        "--kafka-bootstrap",
+        cfg.kafka_bootstrap,
+        "--topic-raw",
+        cfg.topic_raw,
+        "--topic-dlq",
+        cfg.topic_dlq,
+        "--data-dir",
+        str(cfg.data_dir),
+        "--per-host-interval-s",
+        "0",
+        "--read-timeout-s",
+        "2",
+        "--backoff-initial-s",
+        "0.01",
+        "--fetch-retries",
+        "2",
+    ]
     if cfg.database_url is not None:
         flags += ["--database-url", cfg.database_url.get_secret_value()]
     if cfg.seed_data is not None:
@@ -107,23 +134,32 @@ def _site(site: Site) -> None:
     site.routes["/markets/apple"] = Route(body=article_html("Apple warns on China", STORY).encode(), headers=html)
     site.routes["/partners/apple"] = Route(
         body=article_html("Apple warns", "Example Wire. " + STORY.replace("fell 4%", "fell 4.1%")).encode(),
-        headers=html)
+        headers=html,
+    )
     site.routes["/markets/hsbc"] = Route(body=article_html("HSBC profit", OTHER_STORY).encode(), headers=html)
     site.routes["/members/apple"] = Route(body=article_html("Apple (members)", STORY).encode(), headers=html)
     date = "Fri, 20 Nov 2026 08:00:00 +0000"
     site.routes["/feeds/markets.xml"] = Route(
-        body=rss([("Apple warns on China", site.url("/markets/apple"), date),
-                  ("HSBC profit", site.url("/markets/hsbc"), date),
-                  ("Members only", site.url("/members/apple"), date)]).encode(),
-        headers={"Content-Type": "application/rss+xml"}, etag='"m1"', last_modified="Fri, 20 Nov 2026 08:00:00 GMT")
+        body=rss(
+            [
+                ("Apple warns on China", site.url("/markets/apple"), date),
+                ("HSBC profit", site.url("/markets/hsbc"), date),
+                ("Members only", site.url("/members/apple"), date),
+            ]
+        ).encode(),
+        headers={"Content-Type": "application/rss+xml"},
+        etag='"m1"',
+        last_modified="Fri, 20 Nov 2026 08:00:00 GMT",
+    )
     atom = (
         '<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"><title>Wire</title>'
-        f'<id>urn:wire</id><updated>2026-11-20T09:00:00Z</updated><entry><title>Apple warns</title>'
+        f"<id>urn:wire</id><updated>2026-11-20T09:00:00Z</updated><entry><title>Apple warns</title>"
         f'<link href="{site.url("/partners/apple")}"/><id>urn:wire:1</id><updated>2026-11-20T09:00:00Z</updated>'
-        f'<summary>Apple warns.</summary></entry></feed>'
+        f"<summary>Apple warns.</summary></entry></feed>"
     )
-    site.routes["/feeds/wire.atom"] = Route(body=atom.encode(), headers={"Content-Type": "application/atom+xml"},
-                                            etag='"w1"')
+    site.routes["/feeds/wire.atom"] = Route(
+        body=atom.encode(), headers={"Content-Type": "application/atom+xml"}, etag='"w1"'
+    )
 
 
 def test_acceptance_site_feeds_and_customer_exports(settings: CommonSettings, tmp_path: Path) -> None:
@@ -149,11 +185,19 @@ def test_acceptance_site_feeds_and_customer_exports(settings: CommonSettings, tm
 
         inbox = tmp_path / "exports"
         inbox.mkdir()
-        (inbox / "tickets.jsonl").write_text("\n".join([
-            json.dumps({"id": "T1", "text": f"Hi, my name is Sarah Connor, card {CARD} was cloned, mail {EMAIL}"}),
-            json.dumps({"id": "T2", "text": f"Please move my savings to {IBAN}; account number {ACCOUNT}"}),
-            f'{{"id": "T3", "text": "truncated line with {EMAIL} and {PHONE}',
-        ]) + "\n", encoding="utf-8")
+        (inbox / "tickets.jsonl").write_text(
+            "\n".join(
+                [
+                    json.dumps(
+                        {"id": "T1", "text": f"Hi, my name is Sarah Connor, card {CARD} was cloned, mail {EMAIL}"}
+                    ),
+                    json.dumps({"id": "T2", "text": f"Please move my savings to {IBAN}; account number {ACCOUNT}"}),
+                    f'{{"id": "T3", "text": "truncated line with {EMAIL} and {PHONE}',
+                ]
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         (inbox / "calls.csv").write_text(f"id,text\nC1,Call me back on {PHONE} please\nC2,\n", encoding="utf-8")
         old = time.time() - 60
         for p in inbox.iterdir():
@@ -175,6 +219,5 @@ def test_acceptance_site_feeds_and_customer_exports(settings: CommonSettings, tm
     cs = [d for d in docs if d.channel == "customer_service"]
     assert sorted(d.id for d in cs) == ["files:C1", "files:T1", "files:T2"]
     dead = consume(cfg.kafka_bootstrap, cfg.topic_dlq, expected=2)
-    assert sorted(DeadLetter.model_validate_json(r.value).reason for r in dead) == ["invalid_json",
-                                                                                    "schema_violation"]
+    assert sorted(DeadLetter.model_validate_json(r.value).reason for r in dead) == ["invalid_json", "schema_violation"]
     assert_no_pii([r.value for r in records] + [r.value for r in dead])

@@ -47,10 +47,16 @@ def test_validation_names_the_field(ingestor: Ingestor, sink: ListSink) -> None:
 
 def test_single_array_and_batch_forms_are_redacted_and_acknowledged(ingestor: Ingestor, sink: ListSink) -> None:
     c = client(ingestor)
-    single = c.post("/v1/messages", headers=AUTH, json={
-        "id": "T-1", "source": "zendesk", "text": "My card 4539 1488 0343 6467 was charged twice, call 07700 900123",
-        "customer_tier": "gold",
-    })
+    single = c.post(
+        "/v1/messages",
+        headers=AUTH,
+        json={
+            "id": "T-1",
+            "source": "zendesk",
+            "text": "My card 4539 1488 0343 6467 was charged twice, call 07700 900123",
+            "customer_tier": "gold",
+        },
+    )
     assert single.status_code == 202
     assert single.json()["ids"] == ["zendesk:T-1"]
     array = c.post("/v1/messages", headers=AUTH, json=[{"text": "a b c"}, {"text": "d e f"}])

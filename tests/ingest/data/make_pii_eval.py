@@ -17,10 +17,50 @@ from stdnum import iban, luhn
 OUT = Path(__file__).resolve().parents[3] / "ingest" / "data" / "pii_eval.jsonl"
 rng = random.Random(20261122)
 
-FIRST = ["Sarah", "James", "Priya", "Tom", "Olivia", "Mohammed", "Niamh", "Lukas", "Chloe", "David", "Aisha",
-         "Gareth", "Emma", "Kwame", "Sofia", "Liam", "Hannah", "Raj", "Claire", "Piotr"]
-LAST = ["Connor", "Patel", "Okafor", "Smith", "Jones", "Nguyen", "Murphy", "Schmidt", "Dubois", "Kowalski",
-        "Brown", "Hughes", "Khan", "Garcia", "Evans", "Mensah", "O'Brien", "Taylor", "Williams", "Fischer"]
+FIRST = [
+    "Sarah",
+    "James",
+    "Priya",
+    "Tom",
+    "Olivia",
+    "Mohammed",
+    "Niamh",
+    "Lukas",
+    "Chloe",
+    "David",
+    "Aisha",
+    "Gareth",
+    "Emma",
+    "Kwame",
+    "Sofia",
+    "Liam",
+    "Hannah",
+    "Raj",
+    "Claire",
+    "Piotr",
+]
+LAST = [
+    "Connor",
+    "Patel",
+    "Okafor",
+    "Smith",
+    "Jones",
+    "Nguyen",
+    "Murphy",
+    "Schmidt",
+    "Dubois",
+    "Kowalski",
+    "Brown",
+    "Hughes",
+    "Khan",
+    "Garcia",
+    "Evans",
+    "Mensah",
+    "O'Brien",
+    "Taylor",
+    "Williams",
+    "Fischer",
+]
 DOMAINS = ["example.com", "mail.example.co.uk", "example.org", "inbox.example.net", "example.de"]
 
 
@@ -53,14 +93,16 @@ def make_iban() -> str:
 
 
 def _iban_candidate() -> str:
-    country, bban = rng.choice([
-        ("GB", "WEST" + "".join(str(rng.randrange(10)) for _ in range(14))),
-        ("DE", "".join(str(rng.randrange(10)) for _ in range(18))),
-        ("FR", "".join(str(rng.randrange(10)) for _ in range(23))),
-        ("NL", "ABNA" + "".join(str(rng.randrange(10)) for _ in range(10))),
-        ("ES", "".join(str(rng.randrange(10)) for _ in range(20))),
-        ("IE", "AIBK" + "".join(str(rng.randrange(10)) for _ in range(14))),
-    ])
+    country, bban = rng.choice(
+        [
+            ("GB", "WEST" + "".join(str(rng.randrange(10)) for _ in range(14))),
+            ("DE", "".join(str(rng.randrange(10)) for _ in range(18))),
+            ("FR", "".join(str(rng.randrange(10)) for _ in range(23))),
+            ("NL", "ABNA" + "".join(str(rng.randrange(10)) for _ in range(10))),
+            ("ES", "".join(str(rng.randrange(10)) for _ in range(20))),
+            ("IE", "AIBK" + "".join(str(rng.randrange(10)) for _ in range(14))),
+        ]
+    )
     check = iban.calc_check_digits(country + "00" + bban)
     value = country + check + bban
     if rng.random() < 0.6:
@@ -76,12 +118,20 @@ def bad_iban() -> str:
 
 def phone() -> str:
     n3 = rng.randrange(100, 999)
-    return rng.choice([
-        f"07700 900{n3}", f"+44 7700 900{n3}", f"020 7946 0{n3}", f"+44 20 7946 0{n3}",
-        f"(212) 555-0{rng.randrange(100, 199)}", f"+1 415 555 0{rng.randrange(100, 199)}",
-        f"212-555-0{rng.randrange(100, 199)}", f"+49 30 901820{rng.randrange(10, 99)}",
-        f"+33 1 40 20 {rng.randrange(10, 99)} {rng.randrange(10, 99)}", f"0161 496 0{n3}",
-    ])
+    return rng.choice(
+        [
+            f"07700 900{n3}",
+            f"+44 7700 900{n3}",
+            f"020 7946 0{n3}",
+            f"+44 20 7946 0{n3}",
+            f"(212) 555-0{rng.randrange(100, 199)}",
+            f"+1 415 555 0{rng.randrange(100, 199)}",
+            f"212-555-0{rng.randrange(100, 199)}",
+            f"+49 30 901820{rng.randrange(10, 99)}",
+            f"+33 1 40 20 {rng.randrange(10, 99)} {rng.randrange(10, 99)}",
+            f"0161 496 0{n3}",
+        ]
+    )
 
 
 def account() -> str:
@@ -107,13 +157,23 @@ def templates() -> list[list[object]]:
     f, last, full = fullname()
     f2, _, full2 = fullname()
     options: list[list[object]] = [
-        ["Hi, my name is ", ("NAME", full), " and my card ", ("CARD", card()),
-         " was charged twice for the same order."],
+        [
+            "Hi, my name is ",
+            ("NAME", full),
+            " and my card ",
+            ("CARD", card()),
+            " was charged twice for the same order.",
+        ],
         ["Please call me back on ", ("PHONE", phone()), ", I have been waiting three days for my refund."],
         ["You can reach me at ", ("EMAIL", email(f, last)), " about the blocked transfer."],
         ["The transfer to ", ("IBAN", make_iban()), " bounced back and I was charged a fee of £25."],
-        ["My account number is ", ("ACCOUNT", account()), " and sort code ", ("ACCOUNT", sort_code()),
-         ", why is my balance wrong?"],
+        [
+            "My account number is ",
+            ("ACCOUNT", account()),
+            " and sort code ",
+            ("ACCOUNT", sort_code()),
+            ", why is my balance wrong?",
+        ],
         ["I spoke to ", ("NAME", f2), " on the phone yesterday and nobody followed up."],
         ["Dear team, my card ending 4421 was declined at the petrol station. Regards, ", ("NAME", full)],
         ["Order 4821-9937-1102 has not arrived and the tracking number JD0146000039920 shows nothing."],
