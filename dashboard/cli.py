@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
-from pydantic import SecretStr
 
 from dashboard.settings import DashboardSettings
 from riskstream.cliutil import echo_json, with_settings
 
 APP = Path(__file__).resolve().parent / "app.py"
-
-
-def settings_env(settings: DashboardSettings) -> dict[str, str]:
-    """The settings as RISKSTREAM_* variables for the Streamlit process (the only way to hand them over)."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value: Any = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, list | dict):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"RISKSTREAM_{name.upper()}"] = str(value)
-    return env
 
 
 @click.group("dashboard")
@@ -48,7 +28,7 @@ def run_cmd(port: int | None, settings: DashboardSettings) -> None:
     from riskstream.db import upgrade
 
     upgrade(settings.db_url)
-    env = {**os.environ, **settings_env(settings)}
+    env = {**os.environ, **settings.to_env()}
     argv = [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", settings.dashboard_host,

@@ -419,14 +419,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
             return 0
         return int(es.count(index=s.es_docs_alias)["count"])
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    for name in type(s).model_fields:
-        value = getattr(s, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"RISKSTREAM_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
     worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen(
         [str(Path(sys.executable).parent / "riskstream"), "worker"],

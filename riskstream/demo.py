@@ -43,21 +43,9 @@ def _cli(*args: str) -> list[str]:
 
 
 def _env(settings: CommonSettings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "RISKSTREAM_DATA_DIR": str(settings.data_dir),
-            "RISKSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "RISKSTREAM_ES_URL": settings.es_url,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
-    if settings.seed_data is not None:
-        env["RISKSTREAM_SEED_DATA"] = str(settings.seed_data)
-    if settings.database_url is not None:
-        env["RISKSTREAM_DATABASE_URL"] = settings.database_url.get_secret_value()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
+    env.update(settings.to_env())
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     return env
 
 

@@ -10,6 +10,7 @@ Services subclass :class:`CommonSettings` with their own fields (``WorkerSetting
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,27 @@ class CommonSettings(BaseSettings):
         if not self.seed_data.is_dir():
             raise ValueError(f"RISKSTREAM_SEED_DATA={self.seed_data} is not a directory")
         return self.seed_data
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RISKSTREAM_*`` variables, to give a child process the same configuration.
+
+        The result contains secrets in clear: pass it to a child's environment, never log it.
+        """
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, list | tuple | set | dict):
+                text = json.dumps(sorted(value) if isinstance(value, set) else value, default=str)
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+        return env
 
     def safe_dump(self) -> dict[str, Any]:
         """All settings as plain values with secrets masked, for logs and `riskstream config`."""

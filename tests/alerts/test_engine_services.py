@@ -77,16 +77,7 @@ class Receiver:
 
 def env_for(settings: AlertSettings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, list):
-            value = json.dumps(value)
-        env[f"RISKSTREAM_{name.upper()}"] = str(value)
-    return env
+    return {**env, **settings.to_env()}
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[bytes]) -> Any:

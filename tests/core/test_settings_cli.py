@@ -58,3 +58,16 @@ def test_seed_data_must_exist(tmp_path) -> None:
         CommonSettings(seed_data=None).require_seed_data()
     with pytest.raises(ValueError, match="not a directory"):
         CommonSettings(seed_data=tmp_path / "missing").require_seed_data()
+
+
+def test_to_env_rebuilds_the_same_settings_in_a_child(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A child process given settings.to_env() sees exactly the parent's configuration, secrets included."""
+    parent = CommonSettings(
+        data_dir=tmp_path, database_url="postgresql://u:pw@h/db", log_json=True, kafka_bootstrap="127.0.0.1:1"
+    )
+    env = parent.to_env()
+    assert env["RISKSTREAM_LOG_JSON"] == "true" and env["RISKSTREAM_DATABASE_URL"] == "postgresql://u:pw@h/db"
+    assert "RISKSTREAM_ES_API_KEY" not in env  # unset stays unset
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert CommonSettings() == parent

@@ -8,7 +8,6 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from dashboard.auth import authenticate
-from dashboard.cli import settings_env
 from dashboard.settings import DashboardSettings
 from riskstream.cli import main
 from riskstream.db import Database
@@ -41,7 +40,7 @@ def test_users_add_list_deactivate(tmp_path: Path) -> None:
 
 def test_settings_reach_the_streamlit_process_as_env(tmp_path: Path) -> None:
     settings = DashboardSettings(data_dir=tmp_path, es_docs_alias="x-docs", dashboard_session_idle=60)
-    env = settings_env(settings)
+    env = settings.to_env()
     assert env["RISKSTREAM_ES_DOCS_ALIAS"] == "x-docs" and env["RISKSTREAM_DASHBOARD_SESSION_IDLE"] == "60.0"
     rebuilt = DashboardSettings(**{k.removeprefix("RISKSTREAM_").lower(): v for k, v in env.items()})
     assert rebuilt == settings

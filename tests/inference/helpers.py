@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from riskstream.settings import CommonSettings
 
 
@@ -122,21 +120,6 @@ def register(
             )
         )
         session.commit()
-
-
-def settings_env(settings: Any) -> dict[str, str]:
-    """The RISKSTREAM_* environment that reproduces ``settings`` in a subprocess."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"RISKSTREAM_{name.upper()}"] = str(value)
-    return env
 
 
 class TcpProxy:

@@ -30,7 +30,6 @@ from tests.inference.helpers import (
     produce,
     read_topic,
     register,
-    settings_env,
     wait_until,
 )
 
@@ -152,7 +151,7 @@ def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
     n = 300
     docs_in = good_docs("kill", n)
     produce(worker_settings, docs_in[:120])
-    env = dict(os.environ, **settings_env(worker_settings), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, **worker_settings.to_env(), HF_HUB_OFFLINE="1")
     env["RISKSTREAM_MAX_BATCH_MESSAGES"] = "16"  # many commits, so the kill lands between and inside batches
     cmd = [str(Path(sys.executable).parent / "riskstream"), "worker"]
     log = (tmp_path / "worker.log").open("w")
