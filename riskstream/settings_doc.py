@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic_settings import BaseSettings
@@ -41,6 +42,9 @@ def _type_name(annotation: Any) -> str:
     return text.replace("|", "\\|")
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
 def _default(field: Any) -> str:
     if field.default_factory is not None:
         return "(computed)"
@@ -49,6 +53,8 @@ def _default(field: Any) -> str:
         return ""
     if hasattr(value, "get_secret_value"):
         return "(secret)"
+    if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(PROJECT_ROOT):
+        return f"`{value.relative_to(PROJECT_ROOT)}` (shipped)"  # the same on every install
     return f"`{value}`"
 
 

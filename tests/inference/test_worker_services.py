@@ -221,13 +221,17 @@ def test_elasticsearch_down_pauses_then_resumes_without_loss(
     es = urlparse(worker_settings.es_url)
     proxy = TcpProxy(es.hostname or "127.0.0.1", es.port or 9200)
     try:
-        via_proxy = worker_settings.model_copy(update={"es_url": f"http://127.0.0.1:{proxy.port}"})
+        # A blocked proxy holds requests open: a short bulk timeout surfaces the outage in seconds, not the
+        # production default's 3 x 30 s.
+        via_proxy = worker_settings.model_copy(
+            update={"es_url": f"http://127.0.0.1:{proxy.port}", "es_bulk_timeout_s": 5.0}
+        )
         run = start_worker(via_proxy, engine=engine_v1)
         produce(worker_settings, good_docs("up", 10))
         wait_until(lambda: es_count(worker_settings) >= 10, 240, "documents before the outage")
         proxy.block()
         produce(worker_settings, good_docs("down", 20))
-        wait_until(lambda: run.worker.stalled is not None, 60, "the worker to stall")
+        wait_until(lambda: run.worker.stalled is not None, 120, "the worker to stall")
         wait_until(lambda: bool(run.worker.consumer and run.worker.consumer.paused()), 30, "paused partitions")
         assert es_count(worker_settings) == 10
         assert run.worker.metrics.paused._value.get() == 1
