@@ -388,6 +388,12 @@ class Worker:
             self.consumer.resume(*paused)
         self.metrics.paused.set(0)
 
+    def _seek_back(self, polled: dict[Any, list[Any]]) -> None:
+        for tp, records in polled.items():
+            if records:
+                log.info("%d records returned while stalled: %s back to %d", len(records), tp, records[0].offset)
+                self.consumer.seek(tp, records[0].offset)
+
     def _backoff_s(self, attempts: int) -> float:
         base = min(self.settings.es_retry_max_s, 0.5 * 2 ** min(attempts, 10))
         return base * (0.5 + random.random() / 2)
@@ -404,6 +410,11 @@ class Worker:
                 self._resume()
                 self._add(polled, time.monotonic())
                 return
+            if any(polled.values()):
+                # Paused partitions should return nothing, but records the fetcher already held can still come
+                # back. Their position has moved past them: seek back so they are fetched again after the
+                # resume, never dropped.
+                self._seek_back(polled)
         if self._stop.is_set():
             return
         try:
