@@ -213,6 +213,7 @@ def test_hot_swap_between_batches_and_corrupt_champion_refused(
     assert run.worker.engine is not None and run.worker.engine.version == "swap-v2"
 
 
+@pytest.mark.quarantine  # flaky in clean-clone runs: a rebalance during the outage; see docs/inference.md
 def test_elasticsearch_down_pauses_then_resumes_without_loss(
     worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
 ) -> None:
