@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import streamlit as st
 from sqlalchemy import select
 
 from dashboard.auth import CurrentUser
@@ -132,25 +133,23 @@ def test_viewer_search_alerts_and_risk_picture(env: tuple[DataLayer, Database, A
     assert (acme["entity"], acme["docs"], acme["negative"]) == ("$ACME", 3, 2)
 
 
+def _start_app(settings: CommonSettings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The Streamlit app under AppTest, configured like `riskstream dashboard run` does (settings as env)."""
+    from streamlit.testing.v1 import AppTest
+
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    return AppTest.from_file(str(APP), default_timeout=30).run()
+
+
 def test_login_page_refuses_wrong_password_and_admits_the_right_one(
     settings: CommonSettings, env: tuple[DataLayer, Database, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamlit.testing.v1 import AppTest
 
     _, db, _ = env
     add_user(db, "ana", "labeler")
-    for key, value in {
-        "RISKSTREAM_DATA_DIR": str(settings.data_dir),
-        "RISKSTREAM_DATABASE_URL": settings.db_url,
-        "RISKSTREAM_ES_URL": settings.es_url,
-        "RISKSTREAM_ES_DOCS_ALIAS": settings.es_docs_alias,
-        "RISKSTREAM_ES_ALERTS_ALIAS": settings.es_alerts_alias,
-    }.items():
-        monkeypatch.setenv(key, value)
-    import streamlit as st
-
-    st.cache_resource.clear()
-    app = AppTest.from_file(str(APP), default_timeout=30).run()
+    app = _start_app(settings, monkeypatch)
     assert not app.exception
     app.text_input[0].input("ana")
     app.text_input[1].input("wrong password!")
@@ -169,22 +168,10 @@ def test_login_page_refuses_wrong_password_and_admits_the_right_one(
 def test_every_page_renders_and_a_label_click_lands_in_the_store(
     settings: CommonSettings, env: tuple[DataLayer, Database, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamlit.testing.v1 import AppTest
 
     _, db, _ = env
     add_user(db, "boss", "admin")
-    for key, value in {
-        "RISKSTREAM_DATA_DIR": str(settings.data_dir),
-        "RISKSTREAM_DATABASE_URL": settings.db_url,
-        "RISKSTREAM_ES_URL": settings.es_url,
-        "RISKSTREAM_ES_DOCS_ALIAS": settings.es_docs_alias,
-        "RISKSTREAM_ES_ALERTS_ALIAS": settings.es_alerts_alias,
-    }.items():
-        monkeypatch.setenv(key, value)
-    import streamlit as st
-
-    st.cache_resource.clear()
-    app = AppTest.from_file(str(APP), default_timeout=30).run()
+    app = _start_app(settings, monkeypatch)
     app.text_input[0].input("boss")
     app.text_input[1].input(PASSWORD)
     app.button[0].click().run()
