@@ -63,9 +63,9 @@ def prepare_document(
 _WORKER: tuple[Redactor, EntityTagger, LanguageDetector] | None = None
 
 
-def _pool_init(company_list: Path, sample_chars: int) -> None:
+def _pool_init(company_list: Path, sample_chars: int, language_backend: str) -> None:
     global _WORKER  # noqa: PLW0603 - one set of detectors per worker process, built once
-    _WORKER = (Redactor(), EntityTagger.from_file(company_list), LanguageDetector(sample_chars))
+    _WORKER = (Redactor(), EntityTagger.from_file(company_list), LanguageDetector(sample_chars, language_backend))
 
 
 def _pool_prepare(docs: list[RawDocument]) -> list[RawDocument]:
@@ -101,7 +101,7 @@ class Ingestor:
         self.sink = sink
         self.redactor = redactor or Redactor()
         self.tagger = tagger or EntityTagger.from_file(settings.company_list)
-        self.language = language or LanguageDetector(settings.language_sample_chars)
+        self.language = language or LanguageDetector(settings.language_sample_chars, settings.language_detector)
         if deduper is None and dedupe:
             deduper = Deduper(
                 db,
@@ -121,7 +121,7 @@ class Ingestor:
                 settings.prepare_workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_pool_init,
-                initargs=(settings.company_list, settings.language_sample_chars),
+                initargs=(settings.company_list, settings.language_sample_chars, settings.language_detector),
             )
 
     def prepare(self, doc: RawDocument) -> RawDocument:

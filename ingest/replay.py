@@ -72,11 +72,22 @@ def dataset_path(seed_dir: Path, dataset: str, split: str) -> Path:
 
 
 def iter_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """``(row number, text, label)`` of the rows with a non-blank text (row numbers count every data row)."""
     with path.open(newline="", encoding="utf-8") as fh:
-        for row_no, row in enumerate(csv.DictReader(fh)):
-            text = (row.get("text") or "").strip()
+        reader = csv.reader(fh)  # not DictReader: a dict per row costs more than the rest of the row's handling
+        header = next(reader, None)
+        if header is None:
+            return
+        if "text" not in header:
+            raise ValueError(f"{path}: no 'text' column in the header {header}")
+        text_at = header.index("text")
+        label_at = header.index("label") if "label" in header else None
+        # blank lines are not rows (as csv.DictReader skips them): row numbers, hence ids, stay the same
+        for row_no, row in enumerate(r for r in reader if r):
+            text = row[text_at].strip() if text_at < len(row) else ""
             if text:
-                yield row_no, text, row.get("label")
+                label = row[label_at] if label_at is not None and label_at < len(row) else None
+                yield row_no, text, label
 
 
 def replay_documents(seed_dir: Path, dataset: str, split: str, *, min_chars: int = 0) -> Iterator[RawDocument]:
@@ -85,6 +96,7 @@ def replay_documents(seed_dir: Path, dataset: str, split: str, *, min_chars: int
     path = dataset_path(seed_dir, dataset, split)
     source = f"replay:{dataset}"
     parts: list[str] = []
+    joined_chars = 0
     first_row = 0
     for row_no, text, label in iter_rows(path):
         if min_chars <= 0:
@@ -99,7 +111,8 @@ def replay_documents(seed_dir: Path, dataset: str, split: str, *, min_chars: int
         if not parts:
             first_row = row_no
         parts.append(text)
-        if sum(len(p) + 1 for p in parts) >= min_chars:
+        joined_chars += len(text) + 1
+        if joined_chars >= min_chars:
             yield RawDocument(
                 id=f"{dataset}-{split}-{first_row}-{row_no}",
                 channel=channel,
@@ -108,6 +121,7 @@ def replay_documents(seed_dir: Path, dataset: str, split: str, *, min_chars: int
                 metadata={"dataset": dataset, "split": split},
             )
             parts = []
+            joined_chars = 0
 
 
 @dataclass

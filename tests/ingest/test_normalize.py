@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from ingest.normalize import (
+    Company,
     EntityTagger,
     LanguageDetector,
     canonical_url,
@@ -15,6 +19,7 @@ from ingest.normalize import (
     parse_datetime,
     struct_time_to_utc,
 )
+from ingest.replay import replay_documents
 from ingest.settings import DATA_DIR
 
 
@@ -49,7 +54,44 @@ def test_entities_cashtags_and_companies_from_the_list() -> None:
     assert len([e for e in entities if e.value == "Apple Inc."]) == 1  # "Applebee's" is not Apple
 
 
-def test_language() -> None:
-    detector = LanguageDetector(400)
+def test_companies_are_whole_words_even_when_a_non_word_match_comes_first() -> None:
+    tagger = EntityTagger([Company("Foo Bar Corp", ("Foo Bar",)), Company("Bar Baz Ltd", ("Bar Baz",))])
+    # "xFoo Bar" is inside a word; the real match "Bar Baz" starts inside that rejected span and must be found
+    assert {e.value for e in tagger.tag("xFoo Bar Baz rose")} == {"Bar Baz Ltd"}
+    assert {e.value for e in tagger.tag("Foo Bar_x and (Foo Bar) and Bar Baz.")} == {"Foo Bar Corp", "Bar Baz Ltd"}
+    assert tagger.tag("ÉFoo Bar, 1Bar Baz, Foo Barré") == []  # letters and digits of any script bind words
+    assert {(e.type, e.value) for e in tagger.tag("$Foo Bar")} == {("cashtag", "$FOO"), ("company", "Foo Bar Corp")}
+
+
+@pytest.mark.parametrize("backend", ["cld2", "py3langid"])
+def test_language(backend: str) -> None:
+    detector = LanguageDetector(400, backend)
     assert detector.detect("Shares of the bank fell sharply after the results were published.") == "en"
     assert detector.detect("Die Aktie der Bank fiel nach der Veröffentlichung der Ergebnisse deutlich.") == "de"
+    assert detector.detect("  ") is None
+
+
+def test_language_survives_text_cld2_refuses() -> None:
+    detector = LanguageDetector(200)
+    # a C1 control character (mojibake of a curly quote) and a lone surrogate: CLD2 raises on both
+    assert detector.detect("Stocks bounced today on positive news \x9d here is what three experts say") == "en"
+    assert detector.detect("The bank \ud800 reported higher quarterly profits than analysts expected") == "en"
+    assert detector.detect("12345 67890 %%% ---") is None  # nothing to call: unknown, not a guess
+    with pytest.raises(ValueError, match="unknown language backend"):
+        LanguageDetector(200, "fasttext")
+
+
+def test_replay_row_numbers_ignore_blank_lines_and_need_a_text_column(tmp_path: Path) -> None:
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "train.csv").write_text(
+        'text,label\nfirst,a\n\n"second, quoted",b\n   ,c\nfourth\n', encoding="utf-8"
+    )
+    docs = list(replay_documents(tmp_path, "tiny", "train"))
+    assert [(d.id, d.text, d.metadata.get("gold_label")) for d in docs] == [
+        ("tiny-train-0", "first", "a"),
+        ("tiny-train-1", "second, quoted", "b"),
+        ("tiny-train-3", "fourth", None),
+    ]
+    (tmp_path / "tiny" / "dev.csv").write_text("body,label\nx,a\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no 'text' column"):
+        list(replay_documents(tmp_path, "tiny", "dev"))
