@@ -23,7 +23,7 @@ from typing import Any
 from ingest.dedupe import Deduper
 from ingest.normalize import EntityTagger, LanguageDetector
 from ingest.pii import Redactor
-from ingest.publisher import Sink
+from ingest.publisher import AsyncSink, Delivery, Done, Sink
 from ingest.settings import IngestSettings
 from riskstream.db import Database
 from schemas.records import RawDocument, utcnow
@@ -146,6 +146,38 @@ class Ingestor:
         Raises :class:`ingest.publisher.PublishError` when some were not acknowledged (their dedupe reservations
         are released, so a retry publishes them again).
         """
+        result, ready = self._assess(docs)
+        try:
+            self.sink.publish(ready)
+        except Exception:
+            self._settle(result, ready, ok=False)
+            raise
+        self._settle(result, ready, ok=True)
+        return result
+
+    def submit(self, docs: Sequence[RawDocument]) -> PendingIngest:
+        """:meth:`ingest` in two halves: prepare, deduplicate and hand over to the sink now; ``.wait()`` later.
+
+        Lets a caller prepare the next batch while the broker acknowledges this one. The dedupe state is committed
+        (or released) only in ``wait()``, after the acknowledgements, exactly as in :meth:`ingest`; a caller must
+        call ``wait()`` on every pending ingest (a sink without a background sender publishes synchronously here).
+        """
+        result, ready = self._assess(docs)
+        if not isinstance(self.sink, AsyncSink):
+            try:
+                self.sink.publish(ready)
+            except Exception as exc:
+                self._settle(result, ready, ok=False)
+                return PendingIngest(self, result, ready, Done(), error=exc)
+            return PendingIngest(self, result, ready, Done())
+        try:
+            delivery = self.sink.send(ready)
+        except Exception as exc:
+            self._settle(result, ready, ok=False)
+            return PendingIngest(self, result, ready, Done(), error=exc)
+        return PendingIngest(self, result, ready, delivery)
+
+    def _assess(self, docs: Sequence[RawDocument]) -> tuple[IngestResult, list[RawDocument]]:
         result = IngestResult()
         ready: list[RawDocument] = []
         for doc in self.prepare_many(docs):
@@ -163,16 +195,54 @@ class Ingestor:
                     )
                     result.copies += verdict.verdict == "copy"
             ready.append(prepared)
-        try:
-            self.sink.publish(ready)
-        except Exception:
+        return result, ready
+
+    def _settle(self, result: IngestResult, ready: list[RawDocument], *, ok: bool) -> None:
+        """After the broker's answer: remember what was acknowledged, or release the reservations."""
+        if not ok:
             if self.deduper is not None:
                 self.deduper.release([d.id for d in ready])
-            raise
+            return
         if self.deduper is not None:
             self.deduper.commit([d.id for d in ready])
         result.published = ready
         self.totals["published"] += len(ready)
         self.totals["duplicates"] += len(result.duplicates)
         self.totals["copies"] += result.copies
-        return result
+
+
+class PendingIngest:
+    """A batch handed to the sink; :meth:`wait` returns its :class:`IngestResult` once every record was acked."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        result: IngestResult,
+        ready: list[RawDocument],
+        delivery: Delivery,
+        *,
+        error: Exception | None = None,
+    ) -> None:
+        self._ingestor = ingestor
+        self._result = result
+        self._ready = ready
+        self._delivery = delivery
+        self._error = error
+        self._settled = error is not None
+        self.size = len(ready) + len(result.duplicates)
+
+    def wait(self) -> IngestResult:
+        """Raises :class:`ingest.publisher.PublishError` (reservations released) like :meth:`Ingestor.ingest`."""
+        if self._error is not None:
+            raise self._error
+        if not self._settled:
+            try:
+                self._delivery.wait()
+            except Exception as exc:
+                self._error = exc
+                self._settled = True
+                self._ingestor._settle(self._result, self._ready, ok=False)
+                raise
+            self._settled = True
+            self._ingestor._settle(self._result, self._ready, ok=True)
+        return self._result

@@ -4,13 +4,17 @@ kafka-python 3.x: ``enable_idempotence=True`` (the broker de-duplicates the prod
 (every in-sync replica has the record), key = document id, UTF-8 JSON values, lz4 batches. :meth:`publish` sends a
 batch, flushes, and checks every record's future: it returns only when the broker acknowledged all of them and
 raises :class:`PublishError` naming the ids that were not, so a caller can answer 5xx or retry, never drop.
+:meth:`send` is the same without the wait: it returns a :class:`KafkaDelivery` whose ``wait()`` does the checking, so
+a caller (replay) can prepare the next batch while the broker acknowledges this one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kafka import KafkaProducer
 from kafka.codec import has_lz4, has_zstd
@@ -39,6 +43,47 @@ class Sink(Protocol):
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Delivery(Protocol):
+    """Records handed to a producer; :meth:`wait` returns when all were acknowledged, else raises PublishError."""
+
+    def wait(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncSink(Sink, Protocol):
+    """A sink that can hand records over and let the caller wait later (overlap work with the broker's acks)."""
+
+    def send(self, docs: Sequence[RawDocument]) -> Delivery: ...
+
+
+class Done:
+    """A delivery that already happened (sinks without a background sender)."""
+
+    def wait(self) -> None:
+        return None
+
+
+class KafkaDelivery:
+    """The futures of one batch of records; :meth:`wait` checks every one of them (nothing is assumed sent)."""
+
+    def __init__(self, futures: list[tuple[str, Any]], failed: dict[str, str], timeout_s: float) -> None:
+        self._futures = futures
+        self._failed = failed
+        # the producer fails a record itself after its delivery timeout (shorter than this): a bound, not a policy
+        self._deadline = time.monotonic() + timeout_s
+
+    def wait(self) -> None:
+        """Block until the broker answered for every record (at most the publish timeout after sending)."""
+        pending, self._futures = self._futures, []
+        for key, future in pending:
+            try:
+                future.get(timeout=max(0.0, self._deadline - time.monotonic()))
+            except KafkaError as exc:  # includes KafkaTimeoutError: not acknowledged within the timeout
+                self._failed[key] = repr(exc)
+        if self._failed:
+            raise PublishError(dict(self._failed))
 
 
 def _compression(name: str) -> str | None:
@@ -79,27 +124,32 @@ class KafkaPublisher:
             request_timeout_ms=max(1000, min(30_000, delivery_ms // 2 - settings.linger_ms)),
         )
 
-    def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
+    def _send(self, topic: str, records: Sequence[tuple[str, bytes]]) -> KafkaDelivery:
         futures: list[tuple[str, Any]] = []
         failed: dict[str, str] = {}
+        send = self._producer.send
         for key, value in records:
             try:
-                futures.append((key, self._producer.send(topic, key=key.encode("utf-8"), value=value)))
+                futures.append((key, send(topic, key=key.encode("utf-8"), value=value)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
-        self._producer.flush(timeout=self.timeout_s)
-        for key, future in futures:
-            try:
-                future.get(timeout=self.timeout_s)
-            except KafkaError as exc:
-                failed[key] = repr(exc)
-        if failed:
-            raise PublishError(failed)
+        return KafkaDelivery(futures, failed, self.timeout_s)
+
+    def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
+        delivery = self._send(topic, records)
+        # send now (skip the linger); a flush timeout is not an answer: the futures name what was not acknowledged
+        with contextlib.suppress(KafkaError):
+            self._producer.flush(timeout=self.timeout_s)
+        delivery.wait()
 
     def publish(self, docs: Sequence[RawDocument]) -> None:
         """Send and wait for the acknowledgement of every document (raises :class:`PublishError`)."""
         if docs:
             self._send_all(self.topic, [(d.id, encode(d)) for d in docs])
+
+    def send(self, docs: Sequence[RawDocument]) -> KafkaDelivery:
+        """Hand the documents to the producer's sender thread; ``.wait()`` on the result checks their acks."""
+        return self._send(self.topic, [(d.id, encode(d)) for d in docs])
 
     def publish_encoded(self, records: Sequence[tuple[str, bytes]]) -> None:
         if records:

@@ -7,6 +7,7 @@ service, the others news); customer-service rows are PII-redacted like any other
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ingest.pipeline import Ingestor
+from ingest.pipeline import Ingestor, PendingIngest
 from schemas.records import RawDocument
 
 log = logging.getLogger(__name__)
@@ -151,21 +152,43 @@ def replay(
     progress: bool = True,
     stop: Callable[[], bool] = lambda: False,
 ) -> ReplayStats:
-    """Publish the dataset through the ingest pipeline (waits for the broker's acks batch by batch)."""
+    """Publish the dataset through the ingest pipeline.
+
+    One batch is in flight while the next is prepared (the broker acknowledges batch N while this process redacts
+    and enriches batch N+1); every batch's acknowledgements are checked before it counts as published, and before
+    this function returns. A batch the broker did not acknowledge raises :class:`ingest.publisher.PublishError`
+    (after the batch still in flight was waited for too).
+    """
     bucket = TokenBucket(rate, burst=max(1.0, min(rate, batch_size))) if rate else None
     stats = ReplayStats()
     batch: list[RawDocument] = []
+    in_flight: list[PendingIngest] = []
     started = time.perf_counter()
     bar = tqdm(total=limit, unit="doc", desc=f"replay {dataset}", disable=not progress)
+
+    def settle(pending: PendingIngest) -> None:
+        result = pending.wait()
+        stats.published += len(result.published)
+        stats.duplicates += len(result.duplicates)
+        bar.update(pending.size)
 
     def flush() -> None:
         if not batch:
             return
-        result = ingestor.ingest(batch)
-        stats.published += len(result.published)
-        stats.duplicates += len(result.duplicates)
-        bar.update(len(batch))
+        in_flight.append(ingestor.submit(batch))
         batch.clear()
+        while len(in_flight) > 1:
+            settle(in_flight.pop(0))
+
+    def drain() -> None:
+        errors: list[Exception] = []
+        while in_flight:
+            try:
+                settle(in_flight.pop(0))
+            except Exception as exc:  # wait for every batch in flight, then report the first failure
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     try:
         while True:
@@ -184,6 +207,11 @@ def replay(
             flush()
             if not loop or stop() or produced_this_pass == 0 or (limit is not None and stats.documents >= limit):
                 break
+        drain()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            drain()  # a failure of one batch must not leave the next one unchecked (or its dedupe state hanging)
+        raise
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - started

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from ingest.cli import ingest
 from ingest.pipeline import Ingestor
-from ingest.publisher import KafkaPublisher
+from ingest.publisher import KafkaPublisher, PublishError
 from ingest.push import create_app
 from ingest.settings import IngestSettings
 from riskstream.db import Database
@@ -87,6 +87,23 @@ def test_published_records_are_keyed_by_id_and_redacted(settings: CommonSettings
     assert docs["crm:m1"].text == "my card [CARD] was cloned, write to [EMAIL]"
     assert docs["crm:m2"].redactions == {"IBAN": 1, "ACCOUNT": 1, "PHONE": 1}
     assert_no_pii([r.value for r in records])
+
+
+def test_send_then_wait_names_the_record_the_broker_did_not_take(settings: CommonSettings) -> None:
+    cfg = ingest_settings_from(settings)
+    publisher = KafkaPublisher(cfg)
+    ok = [RawDocument(id=f"ok-{i}", channel="news", source="t", text=f"story {i}") for i in range(3)]
+    # over the producer's max_request_size (1 MB): refused, a real failure without stopping the broker
+    too_big = RawDocument(id="too-big", channel="news", source="t", text="x", metadata={"blob": "x" * 1_100_000})
+    try:
+        delivery = publisher.send([ok[0], too_big, ok[1], ok[2]])
+        with pytest.raises(PublishError) as raised:
+            delivery.wait()
+        assert set(raised.value.failed) == {"too-big"}  # reported by id, the others acknowledged
+    finally:
+        publisher.close()
+    records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=3)
+    assert sorted(r.key.decode() for r in records) == ["ok-0", "ok-1", "ok-2"]
 
 
 def test_replay_publishes_stable_ids(settings: CommonSettings) -> None:
