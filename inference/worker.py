@@ -17,8 +17,13 @@ dead-letter topics are at-least-once, keyed by document id).
 Backpressure: when step 3 or 4 fails (ES down, 429/5xx after a few quick retries, broker unreachable) the worker
 keeps the scored batch, pauses every assigned partition, and keeps calling ``poll`` (which returns nothing while
 paused) so it stays in the consumer group, retrying with exponential backoff; it resumes once the batch went
-through. A rebalance drops uncommitted work: with the eager protocol every partition is revoked, and the new
-owner (possibly this worker) restarts from the committed offsets.
+through.
+
+A rebalance drops uncommitted work: with the eager protocol every partition is revoked, and the new owner restarts
+from the committed offsets. When the new owner is this worker again, kafka-python (3.x) keeps the partition's
+fetch position, which already lies past the records just dropped; the worker therefore remembers, per partition,
+the lowest offset it dropped and seeks back to it when the partition is assigned again. Without that, the dropped
+records would be skipped until the next restart.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class ScoredBatch:
     docs: list[tuple[ScoredDocument, Source]]
     dead: list[DeadLetter]
     offsets: dict[tuple[str, int], int]  # (topic, partition) -> next offset to commit
+    first_offsets: dict[tuple[str, int], int]  # (topic, partition) -> the batch's lowest offset (to rewind to)
     messages: int
     tokens: int
     model_version: str
@@ -81,12 +87,14 @@ def score_batch(engine: Engine, records: Iterable[Any], metrics: WorkerMetrics |
     parsed: list[tuple[RawDocument, Source]] = []
     dead: list[DeadLetter] = []
     offsets: dict[tuple[str, int], int] = {}
+    first: dict[tuple[str, int], int] = {}
     n = 0
     for record in records:
         n += 1
         source = Source.of(record)
         tp = (source.topic, source.partition)
         offsets[tp] = max(offsets.get(tp, 0), source.offset + 1)
+        first[tp] = min(first.get(tp, source.offset), source.offset)
         result = parse(source)
         if isinstance(result, DeadLetter):
             dead.append(result)
@@ -106,7 +114,7 @@ def score_batch(engine: Engine, records: Iterable[Any], metrics: WorkerMetrics |
     if metrics is not None:
         for letter in dead:
             metrics.failures.labels(reason=letter.reason).inc()
-    return ScoredBatch(docs, dead, offsets, n, tokens, engine.version)
+    return ScoredBatch(docs, dead, offsets, first, n, tokens, engine.version)
 
 
 class Worker:
@@ -143,6 +151,8 @@ class Worker:
             settings.batch_token_budget, settings.max_batch_messages, settings.max_wait_ms / 1000
         )
         self.stalled: ScoredBatch | None = None
+        # (topic, partition) -> lowest offset dropped by the last revocation, sought back to if reassigned
+        self._rewind: dict[tuple[str, int], int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -186,6 +196,7 @@ class Worker:
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("assigned partitions: %s", sorted(tp.partition for tp in assigned))
+                worker._on_assigned(assigned)
 
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
@@ -427,10 +438,32 @@ class Worker:
         self._resume()
 
     def _on_revoked(self, revoked: Any) -> None:
-        dropped = len(self.batcher) + (self.stalled.messages if self.stalled else 0)
-        if dropped:
-            log.info("partitions revoked: dropping %d uncommitted messages (redelivered from the last commit)", dropped)
-        self.batcher.drain()
+        """Drop uncommitted work (batcher and stalled batch) and remember where each partition must restart."""
+        rewind: dict[tuple[str, int], int] = {}
+        for record in self.batcher.drain():
+            tp = (record.topic, record.partition)
+            rewind[tp] = min(rewind.get(tp, record.offset), record.offset)
+        if self.stalled is not None:
+            for tp, offset in self.stalled.first_offsets.items():
+                rewind[tp] = min(rewind.get(tp, offset), offset)
+        if rewind:
+            log.info(
+                "partitions revoked: dropping uncommitted messages from %s (redelivered from the last commit)",
+                {f"{t}-{p}": o for (t, p), o in sorted(rewind.items())},
+            )
+        for tp, offset in rewind.items():
+            self._rewind[tp] = min(self._rewind.get(tp, offset), offset)
         self.stalled = None
         self.metrics.paused.set(0)
         self.metrics.queue_depth.set(0)
+
+    def _on_assigned(self, assigned: Any) -> None:
+        """Seek back to what the last revocation dropped (kafka-python keeps the position of a kept partition)."""
+        rewind, self._rewind = self._rewind, {}
+        for tp in assigned:
+            offset = rewind.get((tp.topic, tp.partition))
+            if offset is not None:
+                log.info("partition %s-%d reassigned: seeking back to %d", tp.topic, tp.partition, offset)
+                self.consumer.seek(tp, offset)
+            if tp in self.consumer.paused():
+                self.consumer.resume(tp)

@@ -213,7 +213,6 @@ def test_hot_swap_between_batches_and_corrupt_champion_refused(
     assert run.worker.engine is not None and run.worker.engine.version == "swap-v2"
 
 
-@pytest.mark.quarantine  # flaky in clean-clone runs: a rebalance during the outage; see docs/inference.md
 def test_elasticsearch_down_pauses_then_resumes_without_loss(
     worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
 ) -> None:
@@ -246,6 +245,58 @@ def test_elasticsearch_down_pauses_then_resumes_without_loss(
         proxy.close()
     assert sorted(d["_id"] for d in es_docs(worker_settings)) == sorted(
         [f"up-{i}" for i in range(10)] + [f"down-{i}" for i in range(20)]
+    )
+
+
+def test_a_rebalance_during_an_outage_redelivers_what_it_dropped(
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+) -> None:
+    """A member joins and leaves while the worker holds an unwritten batch: both rebalances drop the batch, and the
+    worker gets partitions back whose fetch position lies past it. Every document must still arrive."""
+    from urllib.parse import urlparse
+
+    from kafka import KafkaConsumer
+
+    es = urlparse(worker_settings.es_url)
+    proxy = TcpProxy(es.hostname or "127.0.0.1", es.port or 9200)
+    intruder: KafkaConsumer | None = None
+    try:
+        via_proxy = worker_settings.model_copy(
+            update={"es_url": f"http://127.0.0.1:{proxy.port}", "es_bulk_timeout_s": 2.0}
+        )
+        run = start_worker(via_proxy, engine=engine_v1)
+        produce(worker_settings, good_docs("before", 6))
+        wait_until(lambda: es_count(worker_settings) >= 6, 240, "documents before the outage")
+        proxy.block()
+        produce(worker_settings, good_docs("held", 30))
+        wait_until(lambda: run.worker.stalled is not None, 120, "the worker to stall")
+        intruder = KafkaConsumer(
+            bootstrap_servers=worker_settings.kafka_bootstrap.split(","),
+            group_id=worker_settings.group_id,
+            enable_auto_commit=False,
+        )
+        intruder.subscribe([worker_settings.topic_raw])
+
+        def intruder_has_partitions() -> bool:
+            assert intruder is not None
+            intruder.poll(timeout_ms=200)
+            return bool(intruder.assignment())
+
+        wait_until(intruder_has_partitions, 120, "the second member to get partitions")
+        # the worker keeps part of its partitions through the rebalance (their fetch positions too)
+        wait_until(lambda: 0 < len(run.worker.consumer.assignment()) < 3, 120, "the worker to hand partitions over")
+        intruder.close(autocommit=False)
+        intruder = None
+        wait_until(lambda: len(run.worker.consumer.assignment()) == 3, 120, "the worker to own every partition again")
+        proxy.unblock()
+        wait_until(lambda: es_count(worker_settings) >= 36, 240, "every document after the outage")
+        run.stop()
+    finally:
+        if intruder is not None:
+            intruder.close(autocommit=False)
+        proxy.close()
+    assert sorted(d["_id"] for d in es_docs(worker_settings)) == sorted(
+        [f"before-{i}" for i in range(6)] + [f"held-{i}" for i in range(30)]
     )
 
 
