@@ -81,6 +81,35 @@ def gemm_ceiling(hidden: int, intermediate: int, threads: int, repeats: int = 20
     return 2 * 4096 * hidden * intermediate / best / 1e9
 
 
+def gemm_int8_dynamic(hidden: int, intermediate: int, threads: int, repeats: int = 20) -> float:
+    """Best GFLOP/s (counted as FP32-equivalent multiply-adds) of the same FFN-shaped product through a dynamically
+    quantized int8 Linear, the kernel of the int8 fast path. Its ratio to :func:`gemm_ceiling` bounds what that path
+    can reach on this CPU: without AVX-512 VNNI/AMX the int8 kernels gain far less over FP32 than with them."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        layer = quantize_dynamic(
+            nn.Sequential(nn.Linear(hidden, intermediate)), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
+    a = torch.randn(4096, hidden)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(3):
+            layer(a)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            layer(a)
+            best = min(best, time.perf_counter() - t)
+    return 2 * 4096 * hidden * intermediate / best / 1e9
+
+
 def encoder_flops_per_token(encoder: Any, mean_seq: float) -> float:
     from torch import nn
 
@@ -176,12 +205,16 @@ def run_inference_bench(
     mean_seq = real_tokens / len(texts)
     flops_tok = encoder_flops_per_token(bundle.model.encoder, mean_seq)
     ceiling = gemm_ceiling(cfg.hidden_size, cfg.intermediate_size, threads)
+    int8_gemm = gemm_int8_dynamic(cfg.hidden_size, cfg.intermediate_size, threads) if "int8" in fast_paths else None
     result: dict[str, Any] = {
         "documents": len(texts),
         "mean_tokens_per_doc": round(mean_seq, 1),
         "model_version": bundle.version,
         "torch_threads": threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gemm_fp32_gflops": round(ceiling, 1),
+        "gemm_int8_dynamic_gflops": round(int8_gemm, 1) if int8_gemm else None,
+        "gemm_int8_over_fp32": round(int8_gemm / ceiling, 2) if int8_gemm else None,
         "encoder_gflop_per_token": round(flops_tok / 1e9, 5),
         "runs": {},
     }
@@ -218,6 +251,7 @@ def run_inference_bench(
             token_budget=settings.token_budget,
             max_batch_docs=settings.max_batch_docs,
             sort_window=settings.sort_window,
+            int8_fp32_modules=settings.int8_fp32_modules,
         )
         engine.score(texts[:64], ["news"] * 64)
         _, dt = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
@@ -460,8 +494,13 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         done = threading.Event()
 
         def poll_visible() -> None:
+            # ask only for documents not seen yet: the poll stays cheap however many have arrived (it shares the
+            # CPU with the worker and Elasticsearch)
             while not done.is_set():
-                resp = es.search(index=s.es_docs_alias, query={"prefix": {"id": "lat-"}}, size=10_000, source=False)
+                query: dict[str, Any] = {
+                    "bool": {"filter": [{"prefix": {"id": "lat-"}}], "must_not": [{"ids": {"values": list(seen)}}]}
+                }
+                resp = es.search(index=s.es_docs_alias, query=query, size=1_000, source=False)
                 now = time.perf_counter()
                 for hit in resp["hits"]["hits"]:
                     seen.setdefault(hit["_id"], now)

@@ -68,6 +68,33 @@ class EngineStats:
     packs: int
 
 
+def int8_linear_names(encoder: nn.Module, keep_fp32: Sequence[str] = ()) -> list[str]:
+    """Names of the encoder's Linear layers the int8 path quantizes: all but those matching a ``keep_fp32`` glob
+    (e.g. ``encoder.layer.*.output.dense``: the FFN down-projections, whose inputs carry outlier activations)."""
+    import fnmatch
+
+    return [
+        name
+        for name, module in encoder.named_modules()
+        if isinstance(module, nn.Linear) and not any(fnmatch.fnmatchcase(name, pat) for pat in keep_fp32)
+    ]
+
+
+def quantize_encoder(encoder: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``encoder`` with its Linear layers dynamically quantized to int8 (weights per output channel,
+    activations per batch), except those matching ``keep_fp32``."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    # per-channel weight scales: measured closer to fp32 than per-tensor on MiniLM (whose FFN weights have outlier
+    # channels), and no slower
+    spec = dict.fromkeys(int8_linear_names(encoder, keep_fp32), per_channel_dynamic_qconfig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(encoder.to("cpu"), spec, dtype=torch.qint8, inplace=False)
+
+
 class Engine:
     """Serves one loaded bundle with one placement. Not thread-safe: one engine per scoring thread."""
 
@@ -82,8 +109,10 @@ class Engine:
         max_length: int | None = None,
         topk_probs: int = 5,
         queue_depth: int = 4,
+        int8_fp32_modules: Sequence[str] = (),
     ) -> None:
         self.bundle = bundle
+        self.int8_fp32_modules = tuple(int8_fp32_modules)
         self.placement = placement
         self.token_budget = token_budget
         self.max_batch_docs = max_batch_docs
@@ -93,7 +122,7 @@ class Engine:
         self.queue_depth = queue_depth
         self.tokenizer = bundle.tokenizer
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        self.encoder, self.heads = self._prepare(bundle.model, placement)
+        self.encoder, self.heads = self._prepare(bundle.model, placement, self.int8_fp32_modules)
         self._neg_index = {
             task: (spec.labels.index("negative") if "negative" in spec.labels else None)
             for task, spec in bundle.manifest.tasks.items()
@@ -103,23 +132,15 @@ class Engine:
     # ---- set-up ---------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _prepare(model: nn.Module, placement: Placement) -> tuple[nn.Module, nn.ModuleDict]:
+    def _prepare(
+        model: nn.Module, placement: Placement, int8_fp32_modules: Sequence[str] = ()
+    ) -> tuple[nn.Module, nn.ModuleDict]:
         encoder: nn.Module = model.encoder  # type: ignore[assignment]
         heads: nn.ModuleDict = model.heads  # type: ignore[assignment]
         if placement.precision == "int8":
             if placement.is_cuda:
                 raise ValueError("int8 dynamic quantization runs on CPU only")
-            import warnings
-
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            # per-channel weight scales: measured closer to fp32 than per-tensor on MiniLM (whose FFN weights have
-            # outlier channels), and no slower
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                encoder = quantize_dynamic(
-                    encoder.to("cpu"), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=False
-                )
+            encoder = quantize_encoder(encoder, int8_fp32_modules)
         else:
             encoder = encoder.to(placement.device, dtype=placement.weight_dtype)
         heads = heads.to(placement.device, dtype=torch.float32)
@@ -326,4 +347,5 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         sort_window=settings.sort_window,
         max_length=settings.max_length,
         topk_probs=settings.topk_probs,
+        int8_fp32_modules=settings.int8_fp32_modules,
     )

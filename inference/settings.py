@@ -64,6 +64,12 @@ class EngineSettings(CommonSettings):
         description="For label sets larger than 10, keep only the top-k probabilities in the output (small "
         "documents in Elasticsearch); smaller sets always keep all.",
     )
+    int8_fp32_modules: list[str] = Field(
+        default_factory=list,
+        description="With precision int8: encoder Linear layers (name globs, e.g. 'encoder.layer.*.output.dense') "
+        "kept in fp32. Each kept layer gives back some of the int8 speed-up and some of its accuracy loss; "
+        "`riskstream bench inference` measures both.",
+    )
     bundle: Path | None = Field(
         default=None,
         description="Serve this bundle directory instead of the registry's champion (no hot swap then).",

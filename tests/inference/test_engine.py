@@ -101,3 +101,19 @@ def test_int8_embeddings_stay_close_to_fp32(engines: dict[str, Engine]) -> None:
 def test_unknown_channel_is_refused(engines: dict[str, Engine]) -> None:
     with pytest.raises(ValueError, match="unknown channel"):
         engines["fp32"].score(["x"], ["fax"])
+
+
+def test_int8_keeps_the_layers_it_is_told_to_keep_in_fp32(bundle_v1: tuple[Path, str]) -> None:
+    """``int8_fp32_modules`` globs leave those Linear layers in fp32 and quantize every other one."""
+    from torch import nn
+
+    keep = ["encoder.layer.?.output.dense"]
+    engine = Engine(load_bundle(bundle_v1[0]), place("cpu", "int8", 2), int8_fp32_modules=keep)
+    float_linear = {n for n, m in engine.encoder.named_modules() if type(m) is nn.Linear}
+    quantized = {n for n, m in engine.encoder.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")}
+    assert float_linear and quantized
+    assert all(n.endswith(".output.dense") and ".attention." not in n for n in float_linear)
+    assert any(n.endswith("attention.output.dense") for n in quantized)
+    assert any(n.endswith("intermediate.dense") for n in quantized)
+    out = engine.score(TEXTS[:6], CHANNELS[:6])
+    assert len(out) == 6
