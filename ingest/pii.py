@@ -50,7 +50,8 @@ ACCOUNT_CUE = (
 ACCOUNT_CUE_WORDS = ("acc", "a/c", "customer", "member", "reference", "policy", "roll", "building", "sort")
 ACCOUNT_RE = re.compile(ACCOUNT_CUE + r"[^\d\n]{0,25}?(?P<num>(?<!\d)\d(?:[ -]?\d){7,11}(?!\d))", re.IGNORECASE)
 SORT_CODE_RE = re.compile(r"sort[\s-]*code[^\d\n]{0,15}?(?P<num>(?<!\d)\d{2}[- ]?\d{2}[- ]?\d{2}(?!\d))", re.IGNORECASE)
-NAME_WORD = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+# a capitalised name word, with the Irish/Scottish prefixes (O'Brien, McDonald, MacLeod) and double-barrelled names
+NAME_WORD = r"(?:O['’]|Mc|Mac)?[A-Z][a-z]+(?:-[A-Z][a-z]+)?"
 TITLE_RE = re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+(?P<name>" + NAME_WORD + r"(?:\s+" + NAME_WORD + r")?)")
 INTRO_RE = re.compile(
     r"\b(?:[Mm]y name is|[Mm]y name's|[Tt]his is|I am|I'm|[Nn]ame:|[Cc]alled|[Ss]poke (?:to|with)|"
@@ -69,7 +70,100 @@ SIGNOFF_RE = re.compile(
 PHONE_WINDOW_RE = re.compile(r"[+(]?\d[\d \t().\-/]{4,24}\d(?:\s*(?:ext\.?|x)\s*\d{1,5})?")
 PHONE_SHAPE_RE = re.compile(r"^\+|^\(|\d[ .\-/()]+\d")
 PHONE_CUE_RE = re.compile(r"(?:phone|call|tel|mobile|cell|landline|ring|text|whatsapp|number|on)\W{0,12}$", re.I)
-CAP_PAIR_RE = re.compile(r"\b(?P<first>[A-Z][a-z]+)\s+(?P<last>[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?)\b")
+# a look-ahead, so pairs may overlap: in "Contact Niamh Garcia" the pair "Contact Niamh" must not hide "Niamh Garcia"
+CAP_PAIR_RE = re.compile(r"\b(?P<first>[A-Z][a-z]+)(?=\s+(?P<last>" + NAME_WORD + r")\b)")
+# a strong cue followed by a lower-case name ("my name is sarah jones"): taken only when the first word is a known
+# first name; the second word only when it is not a common word
+LOWER_INTRO_RE = re.compile(
+    r"\b(?:[Mm]y name is|[Mm]y name's|[Nn]ame:|[Ss]igned:?)\s+(?P<first>[a-z]+)(?:\s+(?P<last>[a-z]+(?:-[a-z]+)?))?\b"
+)
+# words that follow a first name but are not surnames (lower-case writing)
+NOT_SURNAME_WORDS = frozenset(
+    {
+        "a",
+        "again",
+        "also",
+        "am",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "but",
+        "by",
+        "calling",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "here",
+        "i",
+        "im",
+        "in",
+        "is",
+        "it",
+        "just",
+        "me",
+        "my",
+        "need",
+        "not",
+        "of",
+        "on",
+        "or",
+        "please",
+        "really",
+        "so",
+        "still",
+        "thank",
+        "thanks",
+        "the",
+        "there",
+        "this",
+        "to",
+        "today",
+        "tomorrow",
+        "trying",
+        "very",
+        "want",
+        "was",
+        "we",
+        "were",
+        "will",
+        "with",
+        "would",
+        "yesterday",
+        "yet",
+    }
+)
+
+# e-mail addresses written to dodge scrapers: "jane dot doe at example dot com", "jane(at)example(dot)com",
+# "jane @ example . com". The domain must end in a common top-level domain or a two-letter country code.
+# "@" and "." count with spaces on both sides or none: "thanks @united. Is" is a mention and a sentence end
+_OB_AT = r"(?:\s*[(\[{<]\s*at\s*[)\]}>]\s*|\s+at\s+|\s+@\s+|@)"
+_OB_DOT = r"(?:\s*[(\[{<]\s*dot\s*[)\]}>]\s*|\s+dot\s+|\s+\.\s+|\.)"
+_OB_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# lower case only (a scoped flag): "No" and "Is" after a full stop are sentence starts, not .no and .is
+_OB_TLD = r"(?-i:com|org|net|edu|gov|info|biz|io|co|me|email|mail|online|[a-z]{2})"
+# found from the "at" outwards: one pattern for the whole address would be tried at every position of the text
+# (~200 us per KB); the "at" tokens are few, and the local part and the domain are matched next to each one
+OB_AT_TOKEN_RE = re.compile(r"[(\[{<]\s*at\s*[)\]}>]|\sat\s|\s@\s|@", re.IGNORECASE)
+OB_LOCAL_RE = re.compile(
+    r"(?<![\w.@-])[a-z0-9][a-z0-9_%+-]*(?:" + _OB_DOT + r"[a-z0-9][a-z0-9_%+-]*){0,3}\Z", re.IGNORECASE
+)
+OB_DOMAIN_RE = re.compile(
+    _OB_LABEL + r"(?:" + _OB_DOT + _OB_LABEL + r"){0,4}" + _OB_DOT + _OB_TLD + r"(?![\w@-])", re.IGNORECASE
+)
+# the plain-word form ("x at y dot com") is ordinary English too ("we met at the dot com party"): it needs an
+# e-mail cue shortly before it; the bracketed and spaced-@ forms are unambiguous on their own
+EMAIL_CUE_RE = re.compile(r"(?:e-?mail|mail|inbox|address|write to|reach me|contact)\b[^\n]{0,30}$", re.IGNORECASE)
+_OB_STRONG_RE = re.compile(r"[(\[{<]\s*(?:at|dot)\s*[)\]}>]|@", re.IGNORECASE)
+_OB_WORD_DOT_RE = re.compile(r"\sdot\s", re.IGNORECASE)
 
 
 def load_wordlist(path: Path) -> frozenset[str]:
@@ -104,6 +198,34 @@ class Redactor:
     def _emails(self, text: str) -> Iterable[Span]:
         for m in EMAIL_RE.finditer(text):
             yield Span(m.start(), m.end(), "EMAIL")
+
+    def _obfuscated_emails(self, text: str) -> Iterable[Span]:
+        taken_until = 0
+        for token in OB_AT_TOKEN_RE.finditer(text):
+            if token.start() < taken_until:
+                continue
+            window_start = max(0, token.start() - 80)
+            before = text[window_start : token.start()].rstrip()
+            local = OB_LOCAL_RE.search(before)
+            if local is None:
+                continue
+            domain_at = token.end()
+            while domain_at < len(text) and text[domain_at].isspace():
+                domain_at += 1
+            domain = OB_DOMAIN_RE.match(text, domain_at)
+            if domain is None:
+                continue
+            start, end = window_start + local.start(), domain.end()
+            written = text[start:end]
+            if EMAIL_RE.fullmatch(written):
+                continue  # a plain address: the regular detector has it
+            # words only ("at", "dot"): at least one spelled "dot" in the domain, and an e-mail cue before it
+            if not _OB_STRONG_RE.search(written) and (
+                not _OB_WORD_DOT_RE.search(domain.group(0)) or not EMAIL_CUE_RE.search(text[max(0, start - 40) : start])
+            ):
+                continue
+            taken_until = end
+            yield Span(start, end, "EMAIL")
 
     def _ibans(self, text: str) -> Iterable[Span]:
         for m in IBAN_RE.finditer(text):
@@ -176,7 +298,17 @@ class Redactor:
                 yield Span(start, end, "NAME")
         for m in CAP_PAIR_RE.finditer(text):
             if m.group("first") in self.first_names and m.group("last") not in self.not_names:
-                yield Span(m.start(), m.end(), "NAME")
+                yield Span(m.start(), m.end("last"), "NAME")
+        if "name" not in text.lower() and "igned" not in text:
+            return
+        for m in LOWER_INTRO_RE.finditer(text):
+            if m.group("first").title() not in self.first_names:
+                continue
+            end = m.end("first")
+            last = m.group("last")
+            if last and last not in NOT_SURNAME_WORDS and last.title() not in self.not_names:
+                end = m.end("last")
+            yield Span(m.start("first"), end, "NAME")
 
     # ---- API ------------------------------------------------------------------------------------------------
 
@@ -185,6 +317,16 @@ class Redactor:
         # cheap gates: most messages have no '@' and too few digits for any numeric identifier
         digits = sum(c.isdigit() for c in text)
         detectors = [self._emails] if "@" in text else []
+        lowered = text.lower()
+        if (
+            "@" in text
+            or " at" in lowered
+            or "at)" in lowered
+            or "at]" in lowered
+            or "at}" in lowered
+            or "at>" in lowered
+        ):
+            detectors.append(self._obfuscated_emails)
         if digits >= 6:
             detectors += [self._ibans, self._cards, self._accounts, self._phones]
         if self.detect_names:
