@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ingest.dedupe import Deduper
+import numpy as np
+from datasketch import MinHash
+
+from ingest.dedupe import MINHASH_SCHEME, Deduper
 from ingest.pipeline import Ingestor
 from ingest.publisher import ListSink, PublishError
 from ingest.settings import IngestSettings
@@ -69,3 +72,13 @@ def test_deduper_without_store_orders_story_by_arrival() -> None:
     third = deduper.assess(_news("w", STORY + " Even more text here."))
     assert (second.verdict, second.story_id) == ("copy", "x")
     assert (third.verdict, third.story_id) == ("copy", "x")
+
+
+def test_signatures_match_a_fresh_minhash_so_stored_state_stays_comparable() -> None:
+    # the deduper draws the permutations once; a signature must equal datasketch's own for the same scheme and seed
+    text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007."
+    deduper = Deduper(None)
+    words = text.casefold().replace(".", " ").split()
+    reference = MinHash(num_perm=128, scheme=MINHASH_SCHEME)
+    reference.update_batch([" ".join(words[i : i + 3]).encode() for i in range(len(words) - 2)])
+    assert np.array_equal(deduper.minhash(text).hashvalues, reference.hashvalues)
