@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
 from kafka import KafkaProducer
 from kafka.codec import has_lz4, has_zstd
 from kafka.errors import KafkaError
@@ -99,6 +101,60 @@ def _compression(name: str) -> str | None:
     return name
 
 
+_MURMUR_M = np.uint32(0x5BD1E995)
+_MURMUR_SEED = np.uint32(0x9747B28C)
+
+
+def murmur2_many(keys: Sequence[bytes]) -> npt.NDArray[np.uint32]:
+    """Kafka's murmur2 (``kafka.partitioner.default.murmur2``, the Java client's ``Utils.murmur2``) of many keys at
+    once, vectorised over the keys with numpy (uint32 arithmetic wraps like the Java ints).
+
+    The pure-Python original costs ~14 us for a 36-byte key, ~24 us for a 64-character article id, once per record;
+    this is ~1 us per key in batches of hundreds. A test pins it to the original on random keys of every length.
+    """
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint32)
+    lengths = np.fromiter((len(k) for k in keys), dtype=np.int64, count=n)
+    width = (int(lengths.max()) // 4 + 1) * 4  # at least one zero byte of padding after every key
+    joined = np.frombuffer(b"".join(keys), dtype=np.uint8)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    cols = np.arange(width, dtype=np.int64)
+    inside = cols[None, :] < lengths[:, None]
+    index = np.where(inside, starts[:, None] + cols[None, :], 0)
+    buf = np.where(inside, joined[index] if len(joined) else 0, 0).astype(np.uint8)
+    blocks = np.ascontiguousarray(buf).view("<u4").astype(np.uint32)  # (n, width / 4), little-endian words
+    nblocks = lengths // 4
+    h = _MURMUR_SEED ^ lengths.astype(np.uint32)
+    with np.errstate(over="ignore"):
+        for j in range(int(nblocks.max())):
+            k = blocks[:, j] * _MURMUR_M
+            k ^= k >> np.uint32(24)
+            k *= _MURMUR_M
+            h = np.where(nblocks > j, (h * _MURMUR_M) ^ k, h)
+        rows = np.arange(n)
+        tail = nblocks * 4
+        extra = lengths % 4
+        b0 = buf[rows, tail].astype(np.uint32)
+        b1 = buf[rows, np.minimum(tail + 1, width - 1)].astype(np.uint32)
+        b2 = buf[rows, np.minimum(tail + 2, width - 1)].astype(np.uint32)
+        h = np.where(extra >= 3, h ^ (b2 << np.uint32(16)), h)
+        h = np.where(extra >= 2, h ^ (b1 << np.uint32(8)), h)
+        h = np.where(extra >= 1, (h ^ b0) * _MURMUR_M, h)
+        h ^= h >> np.uint32(13)
+        h *= _MURMUR_M
+        h ^= h >> np.uint32(15)
+    return h.astype(np.uint32)
+
+
+def partitions_for_keys(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
+    """The partition kafka-python's (and the Java client's) default partitioner picks for each key."""
+    ordered = sorted(partitions)
+    positions = (murmur2_many(keys) & np.uint32(0x7FFFFFFF)) % np.uint32(len(ordered))
+    return [ordered[i] for i in positions.tolist()]
+
+
 def encode(doc: RawDocument | DeadLetter) -> bytes:
     return doc.model_dump_json(exclude_none=True).encode("utf-8")
 
@@ -128,9 +184,19 @@ class KafkaPublisher:
         futures: list[tuple[str, Any]] = []
         failed: dict[str, str] = {}
         send = self._producer.send
-        for key, value in records:
+        keys = [key.encode("utf-8") for key, _ in records]
+        # the default partitioner's choice, computed for the whole batch at once (its per-record murmur2 is pure
+        # Python); without metadata for the topic yet, the producer picks (and waits for the metadata) itself
+        chosen: list[int | None] = [None] * len(keys)
+        try:
+            known = self._producer.partitions_for(topic) if len(keys) > 1 else None
+        except KafkaError:
+            known = None
+        if known:
+            chosen = list(partitions_for_keys(keys, sorted(known)))
+        for (key, value), key_bytes, partition in zip(records, keys, chosen, strict=True):
             try:
-                futures.append((key, send(topic, key=key.encode("utf-8"), value=value)))
+                futures.append((key, send(topic, key=key_bytes, value=value, partition=partition)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
         return KafkaDelivery(futures, failed, self.timeout_s)

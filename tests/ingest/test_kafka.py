@@ -106,6 +106,31 @@ def test_send_then_wait_names_the_record_the_broker_did_not_take(settings: Commo
     assert sorted(r.key.decode() for r in records) == ["ok-0", "ok-1", "ok-2"]
 
 
+def test_records_land_on_the_default_partitioners_partition(settings: CommonSettings) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.partitioner.default import murmur2
+
+    cfg = ingest_settings_from(settings)
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap.split(","), client_id="ingest-test")
+    try:
+        admin.create_topics([NewTopic(cfg.topic_raw, num_partitions=3, replication_factor=1)])
+    finally:
+        admin.close()
+    docs = [
+        RawDocument(id=f"doc-{i}-{'x' * (i % 7)}", channel="news", source="t", text=f"story {i}") for i in range(60)
+    ]
+    publisher = KafkaPublisher(cfg)
+    try:
+        publisher.send(docs).wait()
+    finally:
+        publisher.close()
+    records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=60)
+    assert len(records) == 60
+    for record in records:  # what any other producer of the same key (Java or kafka-python) would pick
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 3, record.key
+    assert len({r.partition for r in records}) == 3
+
+
 def test_replay_publishes_stable_ids(settings: CommonSettings) -> None:
     cfg = ingest_settings_from(settings)
     assert cfg.seed_data is not None, "the test settings name the seed data"

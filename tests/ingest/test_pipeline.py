@@ -6,13 +6,15 @@ events and the dedupe bookkeeping, not about Kafka (``test_kafka.py`` runs the s
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from kafka.partitioner.default import murmur2
 
 from ingest.pipeline import Ingestor
-from ingest.publisher import AsyncSink, ListSink, PublishError
+from ingest.publisher import AsyncSink, ListSink, PublishError, murmur2_many, partitions_for_keys
 from ingest.replay import replay
 from ingest.settings import IngestSettings
 from riskstream.db import Database
@@ -134,3 +136,12 @@ def test_replay_failure_still_waits_for_the_batch_in_flight(ingest_settings: Ing
         ("wait", "financial_phrasebank-train-4"),
     ]
     assert [d.id for d in sink.acked] == [f"financial_phrasebank-train-{i}" for i in range(4, 8)]
+
+
+def test_batch_murmur2_is_kafkas_murmur2() -> None:
+    rng = random.Random(7)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80))) for _ in range(2000)]
+    keys += [b"", "zendesk:T-\u00fc\u20ac".encode(), b"financial_phrasebank-train-0-9", b"a" * 64]
+    assert murmur2_many(keys).tolist() == [murmur2(k) for k in keys]
+    assert partitions_for_keys(keys, [2, 0, 1]) == [(murmur2(k) & 0x7FFFFFFF) % 3 for k in keys]
+    assert murmur2_many([]).tolist() == []
