@@ -84,7 +84,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, str, str | None]]:
         text_at = header.index("text")
         label_at = header.index("label") if "label" in header else None
         # blank lines are not rows (as csv.DictReader skips them): row numbers, hence ids, stay the same
-        for row_no, row in enumerate(r for r in reader if r):
+        for row_no, row in enumerate(filter(None, reader)):
             text = row[text_at].strip() if text_at < len(row) else ""
             if text:
                 label = row[label_at] if label_at is not None and label_at < len(row) else None
