@@ -85,6 +85,11 @@ class FinetuneSettings(CommonSettings):
         description="Batches are drawn per task with probability ~ size^(1/T): 1 = "
         "proportional to data, larger = more even across tasks (helps small tasks, may under-train big ones).",
     )
+    task_weight_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-task factor on the sampling weight, e.g. {"cs_sentiment": 0.5}: shifts the training '
+        "budget towards the tasks that need it (a task at 0 is not trained, and keeps its untrained head).",
+    )
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout before the heads.")
     seed: int = Field(default=42, description="Random seed (sampling, initialisation, subsampling).")
     device: str = Field(

@@ -130,9 +130,20 @@ def _cycle_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) 
         yield from bucketed_batches(lengths, batch_size, rng)
 
 
-def task_weights(sizes: dict[str, int], temperature: float) -> dict[str, float]:
-    raw = {task: n ** (1.0 / temperature) for task, n in sizes.items() if n > 0}
+def task_weights(
+    sizes: dict[str, int], temperature: float, multipliers: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Probability of drawing each task's next batch: ``size ** (1 / temperature)`` times the task's multiplier
+    (default 1), normalised. Tasks without rows, or with a multiplier of 0, are never drawn."""
+    multipliers = multipliers or {}
+    unknown = sorted(set(multipliers) - set(sizes))
+    if unknown:
+        raise ValueError(f"task_weight_multipliers names unknown tasks {unknown} (tasks: {sorted(sizes)})")
+    raw = {task: n ** (1.0 / temperature) * multipliers.get(task, 1.0) for task, n in sizes.items() if n > 0}
+    raw = {task: w for task, w in raw.items() if w > 0}
     total = sum(raw.values())
+    if not total:
+        raise ValueError("every task has a sampling weight of 0: nothing to train")
     return {task: w / total for task, w in raw.items()}
 
 
@@ -188,7 +199,7 @@ def train(
     }
     labels = {task: [ex.label for ex in rows] for task, rows in data.train.items()}
     sizes = {task: len(rows) for task, rows in data.train.items()}
-    weights = task_weights(sizes, settings.task_sampling_temperature)
+    weights = task_weights(sizes, settings.task_sampling_temperature, settings.task_weight_multipliers)
     rng = random.Random(settings.seed)
     iters = {
         task: _cycle_batches([len(ids) for ids in encoded[task]], settings.batch_size, random.Random(settings.seed + k))
