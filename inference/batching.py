@@ -78,9 +78,14 @@ class MicroBatcher(Generic[T]):
     _tokens: int = 0
     _opened_at: float | None = None
 
-    def add(self, item: T, tokens: int, now: float) -> None:
-        if self._opened_at is None:
-            self._opened_at = now
+    def add(self, item: T, tokens: int, now: float, age: float = 0.0) -> None:
+        """Add ``item``; ``age`` is how long it already waited upstream (e.g. in Kafka since it was produced).
+
+        The batch's clock starts at its oldest item's arrival upstream, capped at ``max_wait_s``: items that already
+        waited their share while the consumer was busy are not held back for a second ``max_wait_s``."""
+        opened = now - min(max(age, 0.0), self.max_wait_s)
+        if self._opened_at is None or opened < self._opened_at:
+            self._opened_at = opened
         self._items.append(item)
         self._tokens += max(tokens, 0)
 
@@ -100,7 +105,7 @@ class MicroBatcher(Generic[T]):
             return False
         if self.full():
             return True
-        return self._opened_at is not None and now - self._opened_at >= self.max_wait_s
+        return self._opened_at is not None and now - self._opened_at >= self.max_wait_s - 1e-9  # float slack
 
     def time_left(self, now: float) -> float:
         """Seconds until the batch is due by age (max_wait_s when empty); for poll timeouts."""

@@ -79,3 +79,14 @@ def test_micro_batch_closes_after_max_wait_from_its_oldest_item() -> None:
     assert b.due(10.21)
     assert b.drain() == [1, 2]
     assert b.time_left(11.0) == pytest.approx(0.2)
+
+
+def test_items_that_already_waited_upstream_are_not_held_back_again() -> None:
+    b: MicroBatcher[str] = MicroBatcher(token_budget=10_000, max_items=100, max_wait_s=0.2)
+    b.add("fresh", 5, now=10.0, age=0.0)
+    assert not b.due(10.1)
+    b.add("waited in Kafka while the worker was busy", 5, now=10.1, age=1.5)
+    assert b.due(10.1)  # its wait is capped at max_wait_s, which it has already spent
+    b.drain()
+    b.add("clock skew: a record from the future", 5, now=20.0, age=-3.0)
+    assert not b.due(20.1) and b.due(20.2)
