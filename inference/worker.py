@@ -65,6 +65,7 @@ class ScoredBatch:
     written: bool = False
     attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
+    scored_s: float = 0.0  # parse + score
 
 
 def to_scored(raw: RawDocument, score: DocScore, source: Source, scored_at: datetime) -> ScoredDocument:
@@ -276,10 +277,14 @@ class Worker:
                 return
 
     def _add(self, polled: dict[Any, list[Any]], now: float) -> None:
+        wall = time.time()
         for records in polled.values():
             for record in records:
                 size = len(record.value) if record.value is not None else 0
-                self.batcher.add(record, size // 4 + 2, now)
+                # how long the record already waited in Kafka (producer's CreateTime; clamped by the batcher)
+                stamp = getattr(record, "timestamp", None)
+                age = wall - stamp / 1000 if isinstance(stamp, int) and stamp > 0 else 0.0
+                self.batcher.add(record, size // 4 + 2, now, age)
         self.metrics.queue_depth.set(len(self.batcher))
 
     def _drain(self) -> None:
@@ -310,7 +315,10 @@ class Worker:
     def _process(self, records: list[Any], *, retry_on_failure: bool = True) -> None:
         self._swap_if_ready()  # between batches only: one version per batch
         assert self.engine is not None
+        started = time.perf_counter()
         batch = score_batch(self.engine, records, self.metrics)
+        batch.started = started  # the batch's time (metrics, logs) includes parsing and scoring
+        batch.scored_s = time.perf_counter() - started
         self.metrics.batch_size.observe(batch.messages)
         try:
             self._finish(batch)
@@ -328,6 +336,7 @@ class Worker:
         settings = self.settings
         batch.attempts += 1
         # 3. Elasticsearch (skipped on a retry after ES already took it and only the produce failed)
+        t_es = time.perf_counter()
         if not batch.written:
             rejected = self.es_sink.write([doc for doc, _ in batch.docs])
             if rejected:
@@ -343,13 +352,25 @@ class Worker:
                 batch.docs = kept
             batch.written = True
         # 4. Kafka: scored documents and dead letters, then flush (raises if any send failed)
+        t_kafka = time.perf_counter()
         for doc, _ in batch.docs:
             self.out.send_scored(settings.topic_scored, doc)
         for letter in batch.dead:
             self.out.send_dead(settings.topic_dlq, letter)
         self.out.flush()
         # 5. only now: commit
+        t_commit = time.perf_counter()
         self._commit(batch)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "batch of %d messages (%d tokens): score %.3f s, es %.3f s, kafka %.3f s, commit %.3f s",
+                batch.messages,
+                batch.tokens,
+                batch.scored_s,
+                t_kafka - t_es,
+                t_commit - t_kafka,
+                time.perf_counter() - t_commit,
+            )
         for doc, _ in batch.docs:
             self.metrics.docs.labels(channel=doc.channel).inc()
         self.metrics.tokens.inc(batch.tokens)
