@@ -110,6 +110,7 @@ class Engine:
         topk_probs: int = 5,
         queue_depth: int = 4,
         int8_fp32_modules: Sequence[str] = (),
+        compile: bool = False,
     ) -> None:
         self.bundle = bundle
         self.int8_fp32_modules = tuple(int8_fp32_modules)
@@ -123,11 +124,14 @@ class Engine:
         self.tokenizer = bundle.tokenizer
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.encoder, self.heads = self._prepare(bundle.model, placement, self.int8_fp32_modules)
+        self.compiled = False
         self._neg_index = {
             task: (spec.labels.index("negative") if "negative" in spec.labels else None)
             for task, spec in bundle.manifest.tasks.items()
         }
         self.last_stats = EngineStats(0, 0, 0, 0)
+        if compile:
+            self._compile()  # last: the warm-up scores through the whole engine
 
     # ---- set-up ---------------------------------------------------------------------------------------------
 
@@ -147,6 +151,23 @@ class Engine:
         encoder.eval()
         heads.eval()
         return encoder, heads
+
+    def _compile(self) -> None:
+        """``torch.compile`` the encoder (Inductor, dynamic shapes: packs vary in rows and length) and warm it up.
+
+        Inductor fuses the encoder's elementwise work (GELU, LayerNorm, softmax, bias adds) into the neighbouring
+        kernels; on this 2-core CPU that measured +15-30% documents/s in fp32. The price is ~1 minute of
+        compilation at start-up (and at every hot swap, in the loader thread), so it suits the long-running
+        worker, not a short ``riskstream score``. The int8 path is not compiled (its quantized kernels are opaque to
+        Inductor)."""
+        if self.placement.precision == "int8":
+            log.warning("compile is ignored with precision int8 (quantized kernels are not compiled)")
+            return
+        self.encoder = torch.compile(self.encoder, dynamic=True)  # type: ignore[assignment]
+        self.compiled = True
+        # two shapes: the first call compiles with dynamic dimensions, the second proves they are reused
+        self.score(["warm up the compiled encoder"] * 3, ["news"] * 3)
+        self.score(["a somewhat longer text to warm up another batch shape of the compiled encoder"] * 9, ["news"] * 9)
 
     @property
     def version(self) -> str:
@@ -348,4 +369,5 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         max_length=settings.max_length,
         topk_probs=settings.topk_probs,
         int8_fp32_modules=settings.int8_fp32_modules,
+        compile=settings.compile,
     )

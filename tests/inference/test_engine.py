@@ -117,3 +117,19 @@ def test_int8_keeps_the_layers_it_is_told_to_keep_in_fp32(bundle_v1: tuple[Path,
     assert any(n.endswith("intermediate.dense") for n in quantized)
     out = engine.score(TEXTS[:6], CHANNELS[:6])
     assert len(out) == 6
+
+
+def test_the_compiled_engine_answers_like_the_eager_one(
+    bundle_v1: tuple[Path, str], engines: dict[str, Engine]
+) -> None:
+    """``compile`` (torch.compile, dynamic shapes) changes speed, not answers: same labels, near-equal scores."""
+    compiled = Engine(
+        load_bundle(bundle_v1[0]), place("cpu", "fp32", 2), token_budget=512, max_batch_docs=16, compile=True
+    )
+    assert compiled.compiled
+    texts, channels = TEXTS[:40], CHANNELS[:40]  # several pack shapes
+    for a, b in zip(compiled.score(texts, channels), engines["fp32"].score(texts, channels), strict=True):
+        assert a.sentiment.label == b.sentiment.label and a.topic.label == b.topic.label
+        assert abs(a.sentiment.score - b.sentiment.score) < 1e-3
+    int8 = Engine(load_bundle(bundle_v1[0]), place("cpu", "int8", 2), compile=True)
+    assert not int8.compiled  # quantized kernels are not compiled: the setting is ignored with a warning
