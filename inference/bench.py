@@ -18,7 +18,8 @@ It also measures the accuracy change of each fast path against FP32 on every see
 accuracy delta, ``--max-per-set`` texts per set), and optionally runs ``riskstream score`` as a subprocess on the same
 texts (process start included) for the offline-scoring target.
 
-``bench e2e`` runs a worker subprocess against the configured Kafka and Elasticsearch on fresh topic and alias
+``bench e2e`` first times the engine alone on the same texts in this process (the reference for the end-to-end
+share), then runs a worker subprocess against the configured Kafka and Elasticsearch on fresh topic and alias
 names: sustained documents/s from produce to searchable, then produce-to-searchable p50/p95 at half that rate, and
 the worker's resident memory.
 """
@@ -241,10 +242,13 @@ def run_inference_bench(
         record("hf_pipeline_batch32", len(texts), dt, real_tokens)
 
     engines: dict[str, Engine] = {}
-    for precision in ["fp32", *fast_paths]:
+    for path in ["fp32", *fast_paths]:
         from riskstream.modeling import load_bundle
 
-        b = bundle if precision != "int8" else load_bundle(bundle.path, verify=False)
+        precision = "fp32" if path == "fp32-compiled" else path
+        name = path.replace("-", "_")
+        b = bundle if path == "fp32" else load_bundle(bundle.path, verify=False)
+        started = time.perf_counter()
         engine = Engine(
             b,
             Placement(torch.device("cpu"), precision),
@@ -252,14 +256,17 @@ def run_inference_bench(
             max_batch_docs=settings.max_batch_docs,
             sort_window=settings.sort_window,
             int8_fp32_modules=settings.int8_fp32_modules,
+            compile=path == "fp32-compiled",
         )
         engine.score(texts[:64], ["news"] * 64)
+        setup_s = time.perf_counter() - started
         _, dt = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
-        record(f"engine_{precision}", len(texts), dt, engine.last_stats.tokens)
-        result["runs"][f"engine_{precision}"]["padding_share"] = round(
+        record(f"engine_{name}", len(texts), dt, engine.last_stats.tokens)
+        result["runs"][f"engine_{name}"]["padding_share"] = round(
             1 - engine.last_stats.tokens / max(engine.last_stats.padded_tokens, 1), 3
         )
-        engines[precision] = engine
+        result["runs"][f"engine_{name}"]["setup_seconds"] = round(setup_s, 1)
+        engines[name] = engine
 
     fp32 = result["runs"]["engine_fp32"]["docs_per_s"]
     result["speedup_vs_naive"] = {
@@ -371,8 +378,9 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
     multiple=True,
     default=("int8", "bf16"),
     show_default=True,
-    type=click.Choice(["int8", "bf16"]),
-    help="Fast paths to measure (repeatable).",
+    type=click.Choice(["int8", "bf16", "fp32-compiled"]),
+    help="Fast paths to measure (repeatable). fp32-compiled: the fp32 engine under torch.compile (its compile time is "
+    "reported as setup_seconds).",
 )
 @click.option("--naive-n", type=int, default=None, help="Cap the naive per-document loop (default: all N).")
 @click.option("--score-cli/--no-score-cli", default=True, help="Also time `riskstream score` as a subprocess.")
@@ -419,6 +427,24 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
+def _standalone_rate(settings: EngineSettings, texts: list[str]) -> float:
+    """Documents/s of the engine alone on ``texts``, same settings as the worker, measured in this process before
+    the worker starts (the reference for the end-to-end share)."""
+    import gc
+
+    import torch
+
+    from inference.engine import build_engine
+
+    torch.set_num_threads(settings.torch_threads)
+    engine = build_engine(_load_bundle(settings), settings)
+    engine.score(texts[:64], ["news"] * 64)
+    _, seconds = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
+    del engine
+    gc.collect()
+    return len(texts) / seconds
+
+
 def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> dict[str, Any]:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -438,6 +464,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
     )
     seed = s.require_seed_data()
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
+    standalone = _standalone_rate(s, texts)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
     admin.create_topics([NewTopic(t, 3, 1) for t in (s.topic_raw, s.topic_scored, s.topic_dlq)])
     admin.close()
@@ -494,13 +521,18 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         done = threading.Event()
 
         def poll_visible() -> None:
-            # ask only for documents not seen yet: the poll stays cheap however many have arrived (it shares the
-            # CPU with the worker and Elasticsearch)
+            # ask only for documents produced and not seen yet (an ids query over the in-flight window): the poll
+            # stays cheap however many have arrived, since it shares the CPU with the worker and Elasticsearch
             while not done.is_set():
-                query: dict[str, Any] = {
-                    "bool": {"filter": [{"prefix": {"id": "lat-"}}], "must_not": [{"ids": {"values": list(seen)}}]}
-                }
-                resp = es.search(index=s.es_docs_alias, query=query, size=1_000, source=False)
+                pending = [k for k in list(produced) if k not in seen]
+                if not pending:
+                    if len(seen) >= m:
+                        return
+                    time.sleep(0.01)
+                    continue
+                resp = es.search(
+                    index=s.es_docs_alias, query={"ids": {"values": pending}}, size=len(pending), source=False
+                )
                 now = time.perf_counter()
                 for hit in resp["hits"]["hits"]:
                     seen.setdefault(hit["_id"], now)
@@ -547,6 +579,8 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
 
     return {
         "documents": n,
+        "engine_standalone_docs_per_s": round(standalone, 1),
+        "share_of_standalone": round(sustained / standalone, 3),
         "sustained_docs_per_s": round(sustained, 1),
         "latency_rate_docs_per_s": round(rate, 1),
         "latency_documents": m,
