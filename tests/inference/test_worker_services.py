@@ -10,6 +10,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -213,25 +214,49 @@ def test_hot_swap_between_batches_and_corrupt_champion_refused(
     assert run.worker.engine is not None and run.worker.engine.version == "swap-v2"
 
 
-def test_elasticsearch_down_pauses_then_resumes_without_loss(
-    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
-) -> None:
+@contextmanager
+def stalled_behind_blocked_es(
+    settings: WorkerSettings,
+    engine: Engine,
+    start_worker: Callable[..., Running],
+    *,
+    before: int,
+    held: int,
+    bulk_timeout_s: float,
+) -> Iterator[tuple[Running, TcpProxy]]:
+    """A worker whose Elasticsearch sits behind a proxy: ``before`` documents written, then the proxy blocked and
+    ``held`` more produced, until the worker holds them as a stalled batch. Yields (running worker, proxy)."""
     from urllib.parse import urlparse
 
-    es = urlparse(worker_settings.es_url)
+    es = urlparse(settings.es_url)
     proxy = TcpProxy(es.hostname or "127.0.0.1", es.port or 9200)
     try:
         # A blocked proxy holds requests open: a short bulk timeout surfaces the outage in seconds, not the
         # production default's 3 x 30 s.
-        via_proxy = worker_settings.model_copy(
-            update={"es_url": f"http://127.0.0.1:{proxy.port}", "es_bulk_timeout_s": 5.0}
+        via_proxy = settings.model_copy(
+            update={"es_url": f"http://127.0.0.1:{proxy.port}", "es_bulk_timeout_s": bulk_timeout_s}
         )
-        run = start_worker(via_proxy, engine=engine_v1)
-        produce(worker_settings, good_docs("up", 10))
-        wait_until(lambda: es_count(worker_settings) >= 10, 240, "documents before the outage")
+        run = start_worker(via_proxy, engine=engine)
+        produce(settings, good_docs("before", before))
+        wait_until(lambda: es_count(settings) >= before, 240, "documents before the outage")
         proxy.block()
-        produce(worker_settings, good_docs("down", 20))
+        produce(settings, good_docs("held", held))
         wait_until(lambda: run.worker.stalled is not None, 120, "the worker to stall")
+        yield run, proxy
+    finally:
+        proxy.close()
+
+
+def expected_ids(before: int, held: int) -> list[str]:
+    return sorted([f"before-{i}" for i in range(before)] + [f"held-{i}" for i in range(held)])
+
+
+def test_elasticsearch_down_pauses_then_resumes_without_loss(
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+) -> None:
+    with stalled_behind_blocked_es(
+        worker_settings, engine_v1, start_worker, before=10, held=20, bulk_timeout_s=5.0
+    ) as (run, proxy):
         wait_until(lambda: bool(run.worker.consumer and run.worker.consumer.paused()), 30, "paused partitions")
         assert es_count(worker_settings) == 10
         assert run.worker.metrics.paused._value.get() == 1
@@ -241,11 +266,7 @@ def test_elasticsearch_down_pauses_then_resumes_without_loss(
         wait_until(lambda: run.worker.stalled is None, 30, "resume")
         assert not run.worker.consumer.paused()
         run.stop()
-    finally:
-        proxy.close()
-    assert sorted(d["_id"] for d in es_docs(worker_settings)) == sorted(
-        [f"up-{i}" for i in range(10)] + [f"down-{i}" for i in range(20)]
-    )
+    assert sorted(d["_id"] for d in es_docs(worker_settings)) == expected_ids(10, 20)
 
 
 def test_a_rebalance_during_an_outage_redelivers_what_it_dropped(
@@ -253,51 +274,34 @@ def test_a_rebalance_during_an_outage_redelivers_what_it_dropped(
 ) -> None:
     """A member joins and leaves while the worker holds an unwritten batch: both rebalances drop the batch, and the
     worker gets partitions back whose fetch position lies past it. Every document must still arrive."""
-    from urllib.parse import urlparse
-
     from kafka import KafkaConsumer
 
-    es = urlparse(worker_settings.es_url)
-    proxy = TcpProxy(es.hostname or "127.0.0.1", es.port or 9200)
-    intruder: KafkaConsumer | None = None
-    try:
-        via_proxy = worker_settings.model_copy(
-            update={"es_url": f"http://127.0.0.1:{proxy.port}", "es_bulk_timeout_s": 2.0}
-        )
-        run = start_worker(via_proxy, engine=engine_v1)
-        produce(worker_settings, good_docs("before", 6))
-        wait_until(lambda: es_count(worker_settings) >= 6, 240, "documents before the outage")
-        proxy.block()
-        produce(worker_settings, good_docs("held", 30))
-        wait_until(lambda: run.worker.stalled is not None, 120, "the worker to stall")
+    with stalled_behind_blocked_es(worker_settings, engine_v1, start_worker, before=6, held=30, bulk_timeout_s=2.0) as (
+        run,
+        proxy,
+    ):
         intruder = KafkaConsumer(
             bootstrap_servers=worker_settings.kafka_bootstrap.split(","),
             group_id=worker_settings.group_id,
             enable_auto_commit=False,
         )
-        intruder.subscribe([worker_settings.topic_raw])
+        try:
+            intruder.subscribe([worker_settings.topic_raw])
 
-        def intruder_has_partitions() -> bool:
-            assert intruder is not None
-            intruder.poll(timeout_ms=200)
-            return bool(intruder.assignment())
+            def intruder_has_partitions() -> bool:
+                intruder.poll(timeout_ms=200)
+                return bool(intruder.assignment())
 
-        wait_until(intruder_has_partitions, 120, "the second member to get partitions")
-        # the worker keeps part of its partitions through the rebalance (their fetch positions too)
-        wait_until(lambda: 0 < len(run.worker.consumer.assignment()) < 3, 120, "the worker to hand partitions over")
-        intruder.close(autocommit=False)
-        intruder = None
+            wait_until(intruder_has_partitions, 120, "the second member to get partitions")
+            # the worker keeps part of its partitions through the rebalance (their fetch positions too)
+            wait_until(lambda: 0 < len(run.worker.consumer.assignment()) < 3, 120, "the worker to hand partitions over")
+        finally:
+            intruder.close(autocommit=False)
         wait_until(lambda: len(run.worker.consumer.assignment()) == 3, 120, "the worker to own every partition again")
         proxy.unblock()
         wait_until(lambda: es_count(worker_settings) >= 36, 240, "every document after the outage")
         run.stop()
-    finally:
-        if intruder is not None:
-            intruder.close(autocommit=False)
-        proxy.close()
-    assert sorted(d["_id"] for d in es_docs(worker_settings)) == sorted(
-        [f"before-{i}" for i in range(6)] + [f"held-{i}" for i in range(30)]
-    )
+    assert sorted(d["_id"] for d in es_docs(worker_settings)) == expected_ids(6, 30)
 
 
 def test_two_workers_in_one_group_share_the_partitions(
