@@ -163,15 +163,12 @@ class Ingestor:
         call ``wait()`` on every pending ingest (a sink without a background sender publishes synchronously here).
         """
         result, ready = self._assess(docs)
-        if not isinstance(self.sink, AsyncSink):
-            try:
-                self.sink.publish(ready)
-            except Exception as exc:
-                self._settle(result, ready, ok=False)
-                return PendingIngest(self, result, ready, Done(), error=exc)
-            return PendingIngest(self, result, ready, Done())
+        delivery: Delivery = Done()
         try:
-            delivery = self.sink.send(ready)
+            if isinstance(self.sink, AsyncSink):
+                delivery = self.sink.send(ready)
+            else:
+                self.sink.publish(ready)
         except Exception as exc:
             self._settle(result, ready, ok=False)
             return PendingIngest(self, result, ready, Done(), error=exc)
