@@ -479,12 +479,12 @@ class Worker:
         self.metrics.queue_depth.set(0)
 
     def _on_assigned(self, assigned: Any) -> None:
-        """Seek back to what the last revocation dropped (kafka-python keeps the position of a kept partition)."""
+        """Seek back to what the last revocation dropped (kafka-python keeps the position of a kept partition).
+
+        A kept partition also keeps its paused flag; the stall loop resumes it once it sees its batch dropped."""
         rewind, self._rewind = self._rewind, {}
         for tp in assigned:
             offset = rewind.get((tp.topic, tp.partition))
             if offset is not None:
                 log.info("partition %s-%d reassigned: seeking back to %d", tp.topic, tp.partition, offset)
                 self.consumer.seek(tp, offset)
-            if tp in self.consumer.paused():
-                self.consumer.resume(tp)
