@@ -70,7 +70,8 @@ class EngineStats:
 
 def int8_linear_names(encoder: nn.Module, keep_fp32: Sequence[str] = ()) -> list[str]:
     """Names of the encoder's Linear layers the int8 path quantizes: all but those matching a ``keep_fp32`` glob
-    (e.g. ``encoder.layer.*.output.dense``: the FFN down-projections, whose inputs carry outlier activations)."""
+    (fnmatch globs, where ``*`` also matches dots: ``encoder.layer.?.output.dense`` is the FFN down-projections,
+    whose inputs carry outlier activations)."""
     import fnmatch
 
     return [

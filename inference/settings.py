@@ -66,9 +66,10 @@ class EngineSettings(CommonSettings):
     )
     int8_fp32_modules: list[str] = Field(
         default_factory=list,
-        description="With precision int8: encoder Linear layers (name globs, e.g. 'encoder.layer.*.output.dense') "
-        "kept in fp32. Each kept layer gives back some of the int8 speed-up and some of its accuracy loss; "
-        "`riskstream bench inference` measures both.",
+        description="With precision int8: encoder Linear layers kept in fp32, as fnmatch globs over module names "
+        "(* also matches dots: 'encoder.layer.?.output.dense' is the FFN down-projections, "
+        "'encoder.layer.*.output.dense' would add the attention outputs). Each kept layer gives back some of the "
+        "int8 speed-up and some of its accuracy loss; `riskstream bench inference` measures both.",
     )
     compile: bool = Field(
         default=False,
