@@ -86,19 +86,13 @@ def gemm_int8_dynamic(hidden: int, intermediate: int, threads: int, repeats: int
     """Best GFLOP/s (counted as FP32-equivalent multiply-adds) of the same FFN-shaped product through a dynamically
     quantized int8 Linear, the kernel of the int8 fast path. Its ratio to :func:`gemm_ceiling` bounds what that path
     can reach on this CPU: without AVX-512 VNNI/AMX the int8 kernels gain far less over FP32 than with them."""
-    import warnings
-
     import torch
     from torch import nn
 
-    torch.set_num_threads(threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from inference.engine import quantize_encoder
 
-        layer = quantize_dynamic(
-            nn.Sequential(nn.Linear(hidden, intermediate)), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
+    torch.set_num_threads(threads)
+    layer = quantize_encoder(nn.Sequential(nn.Linear(hidden, intermediate)))  # the engine's own int8 recipe
     a = torch.randn(4096, hidden)
     best = float("inf")
     with torch.inference_mode():
@@ -280,12 +274,14 @@ def run_inference_bench(
     return result
 
 
-def accuracy_change(engines: dict[str, Any], seed: Path, max_per_set: int) -> dict[str, Any]:
+def accuracy_change(engines: dict[str, Any], seed: Path, max_per_set: int, split: str = "test") -> dict[str, Any]:
+    """Accuracy of each engine on every seed set's ``split``, its change in points vs the ``fp32`` engine and the
+    share of predictions that agree with it (``split="dev"`` for tuning, e.g. scripts/int8_sensitivity.py)."""
     out: dict[str, Any] = {}
     for dataset, (task, mapping) in ACCURACY_SETS.items():
-        if not (seed / dataset / "test.csv").is_file():
+        if not (seed / dataset / f"{split}.csv").is_file():
             continue
-        rows = read_split(seed, dataset, "test", max_per_set)
+        rows = read_split(seed, dataset, split, max_per_set)
         channel = "news" if task.startswith("news") else "customer_service"
         kind = "sentiment" if task.endswith("sentiment") else "topic"
         gold = [mapping.get(r["label"], r["label"]) for r in rows]
