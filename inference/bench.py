@@ -239,7 +239,8 @@ def run_inference_bench(
     for path in ["fp32", *fast_paths]:
         from riskstream.modeling import load_bundle
 
-        precision = "fp32" if path == "fp32-compiled" else path
+        backend = "onnxruntime" if path.startswith("onnx-") else "torch"
+        precision = {"fp32-compiled": "fp32", "onnx-fp32": "fp32", "onnx-int8": "int8"}.get(path, path)
         name = path.replace("-", "_")
         b = bundle if path == "fp32" else load_bundle(bundle.path, verify=False)
         started = time.perf_counter()
@@ -251,6 +252,9 @@ def run_inference_bench(
             sort_window=settings.sort_window,
             int8_fp32_modules=settings.int8_fp32_modules,
             compile=path == "fp32-compiled",
+            backend=backend,
+            onnx_cache=settings.onnx_cache_dir,
+            ort_spinning=settings.ort_spinning,
         )
         engine.score(texts[:64], ["news"] * 64)
         setup_s = time.perf_counter() - started
@@ -323,6 +327,10 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
             "--json",
             "--precision",
             settings.precision,
+            "--backend",
+            settings.backend,
+            "--data-dir",
+            str(settings.data_dir),
             "--torch-threads",
             str(settings.torch_threads),
         ]
@@ -336,6 +344,7 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
     runs = result["runs"]
     return {
         "precision": settings.precision,
+        "backend": settings.backend,
         "documents": len(texts),
         "wall_seconds_with_process_start": round(wall, 2),
         "docs_per_s": round(docs_s, 1),
@@ -374,9 +383,10 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
     multiple=True,
     default=("int8", "bf16"),
     show_default=True,
-    type=click.Choice(["int8", "bf16", "fp32-compiled"]),
-    help="Fast paths to measure (repeatable). fp32-compiled: the fp32 engine under torch.compile (its compile time is "
-    "reported as setup_seconds).",
+    type=click.Choice(["int8", "bf16", "fp32-compiled", "onnx-fp32", "onnx-int8"]),
+    help="Fast paths to measure (repeatable). fp32-compiled: the fp32 engine under torch.compile; onnx-fp32 and "
+    "onnx-int8: the onnxruntime backend (compile and export times are reported as setup_seconds; the ONNX export "
+    "is cached in the data dir, so a second run loads it).",
 )
 @click.option("--naive-n", type=int, default=None, help="Cap the naive per-document loop (default: all N).")
 @click.option("--score-cli/--no-score-cli", default=True, help="Also time `riskstream score` as a subprocess.")

@@ -12,6 +12,9 @@ How it is fast:
   with ``non_blocking=True`` so the copy of pack n+1 overlaps the compute of pack n. CPU: fp32 by default; ``bf16``
   runs the encoder under CPU autocast; ``int8`` dynamically quantizes the encoder's Linear layers
   (``torch.ao.quantization.quantize_dynamic``), the heads stay fp32.
+- **ONNX Runtime backend** (``backend="onnxruntime"``, CPU, fp32 or int8): the encoder and pooling run as a fused
+  ONNX graph, int8 through ONNX Runtime's quantized kernels (:mod:`inference.ort`); tokenization, packing and the
+  heads are the same code as the torch backend, so the two are compared like for like.
 - **Mixed channels in one pack.** All tasks share the encoder, so news and customer-service documents share the
   forward pass; each channel's two heads read only that channel's rows.
 """
@@ -24,7 +27,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +38,9 @@ from inference.batching import pack_by_budget
 from inference.device import Placement
 from riskstream.modeling import LoadedBundle, mean_pool, tasks_for_channel
 from schemas.records import CHANNELS, Prediction
+
+if TYPE_CHECKING:
+    from inference.ort import OrtEncoder
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +119,12 @@ class Engine:
         queue_depth: int = 4,
         int8_fp32_modules: Sequence[str] = (),
         compile: bool = False,
+        backend: str = "torch",
+        onnx_cache: Path | None = None,
+        ort_spinning: bool = True,
     ) -> None:
         self.bundle = bundle
+        self.backend = backend
         self.int8_fp32_modules = tuple(int8_fp32_modules)
         self.placement = placement
         self.token_budget = token_budget
@@ -124,7 +135,14 @@ class Engine:
         self.queue_depth = queue_depth
         self.tokenizer = bundle.tokenizer
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        self.encoder, self.heads = self._prepare(bundle.model, placement, self.int8_fp32_modules)
+        self.ort: OrtEncoder | None = None
+        if backend == "onnxruntime":
+            self.ort = self._prepare_ort(bundle, placement, onnx_cache, self.int8_fp32_modules, ort_spinning)
+            self.encoder, self.heads = bundle.model.encoder, bundle.model.heads.float().eval()
+        elif backend == "torch":
+            self.encoder, self.heads = self._prepare(bundle.model, placement, self.int8_fp32_modules)
+        else:
+            raise ValueError(f"unknown backend {backend!r} (torch, onnxruntime)")
         self.compiled = False
         self._neg_index = {
             task: (spec.labels.index("negative") if "negative" in spec.labels else None)
@@ -153,6 +171,31 @@ class Engine:
         heads.eval()
         return encoder, heads
 
+    @staticmethod
+    def _prepare_ort(
+        bundle: LoadedBundle,
+        placement: Placement,
+        cache: Path | None,
+        int8_fp32_modules: Sequence[str],
+        spinning: bool,
+    ) -> OrtEncoder:
+        from inference.ort import load_encoder
+
+        if placement.is_cuda:
+            raise ValueError("the onnxruntime backend runs on CPU (use the torch backend with bf16/fp16 on a GPU)")
+        if placement.precision not in ("fp32", "int8"):
+            raise ValueError(f"the onnxruntime backend runs fp32 or int8, not {placement.precision}")
+        if cache is None:
+            raise ValueError("the onnxruntime backend needs a cache directory for its exported encoders")
+        return load_encoder(
+            bundle,
+            placement.precision,
+            cache,
+            threads=torch.get_num_threads(),
+            keep_fp32=int8_fp32_modules,
+            spinning=spinning,
+        )
+
     def _compile(self) -> None:
         """``torch.compile`` the encoder (Inductor, dynamic shapes: packs vary in rows and length) and warm it up.
 
@@ -161,8 +204,8 @@ class Engine:
         compilation at start-up (and at every hot swap, in the loader thread), so it suits the long-running
         worker, not a short ``riskstream score``. The int8 path is not compiled (its quantized kernels are opaque to
         Inductor)."""
-        if self.placement.precision == "int8":
-            log.warning("compile is ignored with precision int8 (quantized kernels are not compiled)")
+        if self.placement.precision == "int8" or self.ort is not None:
+            log.warning("compile is ignored with precision int8 and with the onnxruntime backend")
             return
         self.encoder = torch.compile(self.encoder, dynamic=True)  # type: ignore[assignment]
         self.compiled = True
@@ -293,6 +336,8 @@ class Engine:
 
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.ort is not None:
+            return torch.from_numpy(self.ort(input_ids.numpy(), attention_mask.numpy()))
         device = self.placement.device
         ids = input_ids.to(device, non_blocking=True)
         mask = attention_mask.to(device, non_blocking=True)
@@ -371,4 +416,7 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         topk_probs=settings.topk_probs,
         int8_fp32_modules=settings.int8_fp32_modules,
         compile=settings.compile,
+        backend=settings.backend,
+        onnx_cache=settings.onnx_cache_dir,
+        ort_spinning=settings.ort_spinning,
     )

@@ -33,8 +33,9 @@ class EngineSettings(CommonSettings):
     precision: Precision = Field(
         default="auto",
         description="Numeric precision. auto: bf16 (fp16 if bf16 is unsupported) on GPU, fp32 on CPU. bf16 "
-        "autocast and int8 (dynamic quantization of the encoder's Linear layers, CPU only) are the CPU fast paths: "
-        "2-3x the throughput for a small, measured accuracy change (see `riskstream bench inference`).",
+        "autocast and int8 (dynamic quantization of the encoder's Linear layers, CPU only) are the CPU fast paths; "
+        "how much faster they are depends on the CPU's bf16/int8 instructions (AMX, VNNI), and `riskstream bench "
+        "inference` measures speed and accuracy change side by side. With backend onnxruntime: fp32 or int8.",
     )
     torch_threads: int = Field(
         default_factory=_default_threads,
@@ -69,7 +70,19 @@ class EngineSettings(CommonSettings):
         description="With precision int8: encoder Linear layers kept in fp32, as fnmatch globs over module names "
         "(* also matches dots: 'encoder.layer.?.output.dense' is the FFN down-projections, "
         "'encoder.layer.*.output.dense' would add the attention outputs). Each kept layer gives back some of the "
-        "int8 speed-up and some of its accuracy loss; `riskstream bench inference` measures both.",
+        "int8 speed-up and some of its accuracy loss; `riskstream bench inference` measures both. Applies to both "
+        "backends (onnxruntime: a fused attention is kept if any of its query/key/value matches).",
+    )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        default="torch",
+        description="What runs the encoder. torch: every device and precision. onnxruntime (CPU, fp32 or int8): "
+        "the encoder exported to a fused ONNX graph, exported once per bundle into the data dir's cache (about a "
+        "minute, also at a hot swap); its int8 is the fastest CPU path on CPUs without VNNI/AMX.",
+    )
+    ort_spinning: bool = Field(
+        default=True,
+        description="onnxruntime backend: let its worker threads spin between operators (lower latency per batch; "
+        "they burn CPU while waiting). Turn off when the worker shares a few cores with other busy processes.",
     )
     compile: bool = Field(
         default=False,
@@ -81,6 +94,11 @@ class EngineSettings(CommonSettings):
         default=None,
         description="Serve this bundle directory instead of the registry's champion (no hot swap then).",
     )
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        """Where the onnxruntime backend keeps its exported encoders (per bundle digest; safe to delete)."""
+        return self.data_dir / "cache" / "onnx"
 
 
 class WorkerSettings(EngineSettings):

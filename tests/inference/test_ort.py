@@ -1,0 +1,126 @@
+"""The onnxruntime backend on a real bundle: the export reproduces PyTorch, is cached and verified by checksum,
+and the engine answers like the torch backend through the same packing and heads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.device import place
+from inference.engine import Engine
+from inference.ort import cache_key, cached_export, quantizable_nodes
+from riskstream.modeling import load_bundle
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Shares of Acme plunged 20% after the company cut its full-year guidance.",
+    "I was charged twice for the same card payment, please refund me",
+    "Fed holds rates steady",
+    "ok",
+    "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
+] * 8
+CHANNELS = ["news", "customer_service", "news", "customer_service", "news"] * 8
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def torch_fp32(bundle_v1: tuple[Path, str]) -> Engine:
+    return Engine(load_bundle(bundle_v1[0]), place("cpu", "fp32", 2), token_budget=256, max_batch_docs=8)
+
+
+@pytest.fixture(scope="module")
+def ort_fp32(bundle_v1: tuple[Path, str], cache: Path) -> Engine:
+    return Engine(
+        load_bundle(bundle_v1[0]),
+        place("cpu", "fp32", 2),
+        token_budget=256,
+        max_batch_docs=8,
+        backend="onnxruntime",
+        onnx_cache=cache,
+    )
+
+
+def test_onnx_fp32_answers_like_torch_fp32(torch_fp32: Engine, ort_fp32: Engine) -> None:
+    """Same packs (padded rows of several lengths), same heads: the fused ONNX graph changes speed, not answers."""
+    assert ort_fp32.ort is not None
+    for a, b in zip(torch_fp32.score(TEXTS, CHANNELS), ort_fp32.score(TEXTS, CHANNELS), strict=True):
+        assert (a.sentiment.label, a.topic.label, a.model_version) == (
+            b.sentiment.label,
+            b.topic.label,
+            b.model_version,
+        )
+        assert a.sentiment.probs is not None and b.sentiment.probs is not None
+        for label, p in a.sentiment.probs.items():
+            assert b.sentiment.probs[label] == pytest.approx(p, abs=1e-4)
+        assert b.topic.score == pytest.approx(a.topic.score, abs=1e-4)
+        assert a.tokens == b.tokens
+    # padding does not leak into the embedding: a row alone equals the same row padded in a pack
+    tok = ort_fp32.tokenizer(TEXTS[:5], padding=True, return_tensors="pt")
+    alone = ort_fp32.tokenizer(TEXTS[2:3], return_tensors="pt")
+    packed = ort_fp32.embed(tok["input_ids"], tok["attention_mask"])[2]
+    single = ort_fp32.embed(alone["input_ids"], alone["attention_mask"])[0]
+    assert torch.allclose(packed, single, atol=1e-5)
+
+
+def test_onnx_int8_stays_close_to_fp32_and_quantizes_the_encoder_gemms(
+    bundle_v1: tuple[Path, str], cache: Path, torch_fp32: Engine
+) -> None:
+    engine = Engine(load_bundle(bundle_v1[0]), place("cpu", "int8", 2), backend="onnxruntime", onnx_cache=cache)
+    assert engine.ort is not None
+    facts = json.loads(engine.ort.path.with_suffix(".json").read_text())
+    assert facts["variant"] == "int8" and facts["fused"] is True
+    # 6 layers: a fused attention + 3 weight GEMMs each
+    assert facts["quantized_nodes"] == 24 and facts["fp32_kept_nodes"] == []
+    tok = engine.tokenizer(TEXTS[:5], padding=True, return_tensors="pt")
+    cos = torch.nn.functional.cosine_similarity(
+        torch_fp32.embed(tok["input_ids"], tok["attention_mask"]), engine.embed(tok["input_ids"], tok["attention_mask"])
+    )
+    assert float(cos.min()) > 0.95
+    assert len(engine.score(TEXTS, CHANNELS)) == len(TEXTS)
+
+
+def test_int8_fp32_modules_keep_the_named_onnx_gemms_in_fp32(bundle_v1: tuple[Path, str], cache: Path) -> None:
+    """The same globs as the torch int8 path, over the same module names; a fused attention counts as its q/k/v."""
+    import onnx
+
+    bundle = load_bundle(bundle_v1[0])
+    fused = onnx.load(str(cached_export(bundle, "fp32", cache)))
+    quantize, kept = quantizable_nodes(fused, ["encoder.layer.?.output.dense", "encoder.layer.0.attention.self.query"])
+    assert len(kept) == 7 and len(quantize) == 17
+    assert "Attention_0" in kept and all(k.endswith("/output/dense/MatMul") for k in kept if k != "Attention_0")
+    assert not any("attention/output" in k for k in kept)
+
+
+def test_the_cache_is_reused_and_a_corrupt_file_is_rebuilt(
+    bundle_v1: tuple[Path, str], cache: Path, ort_fp32: Engine
+) -> None:
+    bundle = load_bundle(bundle_v1[0])
+    path = cached_export(bundle, "fp32", cache)
+    assert path.name == f"{cache_key(bundle.sha256, 'fp32', ())}.onnx"
+    stamp = path.stat().st_mtime_ns
+    assert cached_export(bundle, "fp32", cache) == path and path.stat().st_mtime_ns == stamp  # from the cache
+    with path.open("r+b") as fh:  # flip bytes in the middle of the weights
+        fh.seek(path.stat().st_size // 2)
+        fh.write(b"\x00\x01\x02\x03" * 16)
+    rebuilt = cached_export(bundle, "fp32", cache)
+    assert rebuilt == path and path.stat().st_mtime_ns != stamp
+    engine = Engine(bundle, place("cpu", "fp32", 2), backend="onnxruntime", onnx_cache=cache)
+    assert [d.sentiment.label for d in engine.score(TEXTS[:5], CHANNELS[:5])] == [
+        d.sentiment.label for d in ort_fp32.score(TEXTS[:5], CHANNELS[:5])
+    ]
+
+
+def test_the_onnx_backend_refuses_what_it_cannot_run(bundle_v1: tuple[Path, str], cache: Path) -> None:
+    bundle = load_bundle(bundle_v1[0])
+    with pytest.raises(ValueError, match="fp32 or int8, not bf16"):
+        Engine(bundle, place("cpu", "bf16", 2), backend="onnxruntime", onnx_cache=cache)
+    with pytest.raises(ValueError, match="unknown backend"):
+        Engine(bundle, place("cpu", "fp32", 2), backend="tensorrt")
