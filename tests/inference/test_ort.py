@@ -27,8 +27,13 @@ CHANNELS = ["news", "customer_service", "news", "customer_service", "news"] * 8
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-cache")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def cache(data_dir: Path) -> Path:
+    return data_dir / "cache" / "onnx"
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +129,15 @@ def test_the_onnx_backend_refuses_what_it_cannot_run(bundle_v1: tuple[Path, str]
         Engine(bundle, place("cpu", "bf16", 2), backend="onnxruntime", onnx_cache=cache)
     with pytest.raises(ValueError, match="unknown backend"):
         Engine(bundle, place("cpu", "fp32", 2), backend="tensorrt")
+
+
+def test_build_engine_takes_the_backend_and_cache_from_the_settings(
+    bundle_v1: tuple[Path, str], data_dir: Path, ort_fp32: Engine
+) -> None:
+    from inference.engine import build_engine
+    from inference.settings import EngineSettings
+
+    settings = EngineSettings(data_dir=data_dir, device="cpu", backend="onnxruntime", torch_threads=2)
+    engine = build_engine(load_bundle(bundle_v1[0]), settings)
+    assert engine.ort is not None and engine.ort.path.parent == settings.onnx_cache_dir
+    assert engine.ort.path == ort_fp32.ort.path  # type: ignore[union-attr]  # the fp32 export, from the cache
