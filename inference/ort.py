@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from riskstream.modeling import ENCODER_DIR, LoadedBundle
+from riskstream.modeling import ENCODER_DIR, ArtifactError, LoadedBundle
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ VERIFY_TEXTS = (
 )
 
 
-class OrtExportError(RuntimeError):
-    """The encoder could not be exported, or the export does not reproduce PyTorch's output."""
+class OrtExportError(ArtifactError):
+    """The encoder could not be exported, or the export does not reproduce PyTorch's output. An artifact error:
+    a worker refuses such a model at a hot swap and keeps serving the current one."""
 
 
 class _Pooled(nn.Module):
@@ -286,8 +287,13 @@ def cached_export(bundle: LoadedBundle, variant: str, cache_dir: Path, keep_fp32
             return path
         log.warning("cached ONNX file %s fails its checksum: exporting it again", path)
     log.info("exporting the encoder of %s to ONNX (%s); this is done once per bundle", bundle.version, variant)
-    with _quiet_onnx_tools():
-        facts = export(bundle, variant, path, keep_fp32)
+    try:
+        with _quiet_onnx_tools():
+            facts = export(bundle, variant, path, keep_fp32)
+    except OrtExportError:
+        raise
+    except Exception as exc:  # torch.onnx, the optimizer and the quantizer raise many kinds
+        raise OrtExportError(f"the encoder of {bundle.version} cannot be exported to ONNX ({variant}): {exc}") from exc
     tmp = sidecar.with_suffix(".json.partial")
     tmp.write_text(json.dumps(facts, indent=2), encoding="utf-8")
     os.replace(tmp, sidecar)

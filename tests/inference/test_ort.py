@@ -141,3 +141,20 @@ def test_build_engine_takes_the_backend_and_cache_from_the_settings(
     engine = build_engine(load_bundle(bundle_v1[0]), settings)
     assert engine.ort is not None and engine.ort.path.parent == settings.onnx_cache_dir
     assert engine.ort.path == ort_fp32.ort.path  # type: ignore[union-attr]  # the fp32 export, from the cache
+
+
+def test_an_encoder_that_cannot_be_exported_is_refused_as_an_artifact_error(
+    bundle_v1: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A worker refuses such a model at a hot swap (ArtifactError) and keeps serving; nothing half-written is cached."""
+    import shutil
+
+    from riskstream.modeling import ArtifactError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_v1[0], copy)
+    bundle = load_bundle(copy)
+    (copy / "encoder" / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ArtifactError, match="cannot be exported to ONNX"):
+        cached_export(bundle, "fp32", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
