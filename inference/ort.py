@@ -139,22 +139,25 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _QuietOnnxTools(logging.Filter):
-    """ONNX Runtime's quantizer and optimizer log every tensor at INFO on the *root* logger; drop those records
-    (a filter on the root logger sees only records logged to it directly, so riskstream's own logs pass)."""
+    """ONNX Runtime's optimizer and quantizer log every tensor they touch (at INFO, some on the root logger) and
+    advise on pre-processing (at WARNING); while exporting, drop their records below ERROR. Installed on the
+    handlers, so it sees records from every logger; riskstream's own records pass untouched."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+        return record.levelno >= logging.ERROR or f"{os.sep}onnxruntime{os.sep}" not in record.pathname
 
 
 @contextlib.contextmanager
 def _quiet_onnx_tools() -> Iterator[None]:
-    root = logging.getLogger()
+    handlers = list(logging.getLogger().handlers)
     quiet = _QuietOnnxTools()
-    root.addFilter(quiet)
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
-        root.removeFilter(quiet)
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def new_session(path: Path, threads: int, spinning: bool = True) -> Any:
