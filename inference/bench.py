@@ -597,6 +597,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         "worker_rss_mb": round(rss_now or 0.0, 1),
         "worker_rss_peak_mb": round(rss_peak, 1),
         "precision": settings.precision,
+        "backend": settings.backend,
     }
 
 
