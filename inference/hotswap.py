@@ -43,7 +43,12 @@ def registry_lookup(db_url: str) -> ChampionLookup:
 
 def load_engine(record: ModelVersionRecord, settings: EngineSettings, placement: Placement) -> Engine:
     """Load, verify (registry digest) and warm up the engine of a registered version; ArtifactError if unfit."""
-    bundle = load_bundle(Path(record.artifact_path), device="cpu", expected_sha256=record.artifact_sha256)
+    bundle = load_bundle(
+        Path(record.artifact_path),
+        device="cpu",
+        expected_sha256=record.artifact_sha256,
+        encoder=settings.backend != "onnxruntime",  # that backend runs its own exported encoder
+    )
     if bundle.version != record.version:
         raise ArtifactError(
             f"bundle at {record.artifact_path} is version {bundle.version}, registry says {record.version}"
@@ -54,7 +59,8 @@ def load_engine(record: ModelVersionRecord, settings: EngineSettings, placement:
 
 
 def load_path_engine(path: Path, settings: EngineSettings, placement: Placement) -> Engine:
-    engine = build_engine(load_bundle(path, device="cpu"), settings, placement)
+    bundle = load_bundle(path, device="cpu", encoder=settings.backend != "onnxruntime")
+    engine = build_engine(bundle, settings, placement)
     engine.warmup()
     return engine
 

@@ -177,7 +177,7 @@ def export(bundle: LoadedBundle, variant: str, out: Path, keep_fp32: Sequence[st
     """Export ``bundle``'s encoder to ``out`` (see the module docstring); returns the sidecar's facts."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r} (one of {', '.join(VARIANTS)})")
@@ -187,7 +187,8 @@ def export(bundle: LoadedBundle, variant: str, out: Path, keep_fp32: Sequence[st
     ).eval()
     cfg = encoder.config
     wrapper = _Pooled(encoder).eval()
-    ids, mask = _verify_inputs(bundle.tokenizer, bundle.manifest.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(bundle.path / ENCODER_DIR, local_files_only=True)
+    ids, mask = _verify_inputs(tokenizer, bundle.manifest.max_length)
     with torch.inference_mode():
         reference = wrapper(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 

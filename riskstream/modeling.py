@@ -283,24 +283,88 @@ def verify_bundle(path: Path, expected_sha256: str | None = None) -> str:
     return digest
 
 
+class LeanTokenizer:
+    """The bundle's fast tokenizer (``tokenizer.json``) through the ``tokenizers`` library alone.
+
+    It gives the same ids as transformers' ``PreTrainedTokenizerFast`` for what the serving engine asks (batch
+    encoding with special tokens, right truncation to ``max_length``, no padding), without importing transformers,
+    which costs about 6 s of start-up (it pulls in scikit-learn, scipy and torch._dynamo)."""
+
+    def __init__(self, encoder_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(encoder_dir / "tokenizer.json"))
+        self._tok.no_padding()
+        config_path = encoder_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        self.pad_token_id: int | None = self._tok.token_to_id(pad) if isinstance(pad, str) else None
+        self._max_length: int | None = None
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        *,
+        truncation: bool = False,
+        max_length: int | None = None,
+        padding: bool = False,
+        return_attention_mask: bool = True,
+        return_token_type_ids: bool = True,
+    ) -> dict[str, list[list[int]]]:
+        if padding:
+            raise NotImplementedError("LeanTokenizer does not pad (the engine pads its own packs)")
+        limit = max_length if truncation else None
+        if limit != self._max_length:
+            if limit is None:
+                self._tok.no_truncation()
+            else:
+                self._tok.enable_truncation(limit, strategy="longest_first", direction="right")
+            self._max_length = limit
+        return {"input_ids": [enc.ids for enc in self._tok.encode_batch(list(texts))]}
+
+
+class _DetachedEncoder(nn.Module):
+    """Stands in for the encoder of a bundle loaded with ``encoder=False``; any use of it is a bug, said clearly."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("this bundle was loaded without its PyTorch encoder (encoder=False, onnxruntime backend)")
+
+
 def load_bundle(
     path: Path,
     *,
     device: str | torch.device = "cpu",
     expected_sha256: str | None = None,
     verify: bool = True,
+    encoder: bool = True,
 ) -> LoadedBundle:
-    """Load a bundle for inference (eval mode), verifying checksums first unless ``verify`` is False."""
+    """Load a bundle for inference (eval mode), verifying checksums first unless ``verify`` is False.
+
+    ``encoder=False`` loads the heads and the tokenizer only, without importing transformers when the bundle has a
+    ``tokenizer.json`` (the onnxruntime backend runs its own exported encoder): seconds less start-up."""
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
     manifest = read_manifest(path)
     digest = verify_bundle(path, expected_sha256) if verify else bundle_digest(manifest.files)
     try:
-        encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
-        model = MultiTaskModel(encoder, encoder.config.hidden_size, manifest.tasks)
+        encoder_module: nn.Module
+        if encoder or not (path / ENCODER_DIR / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer: Any = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
+        else:
+            tokenizer = LeanTokenizer(path / ENCODER_DIR)
+        if encoder:
+            from transformers import AutoModel
+
+            hf_encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True)
+            encoder_module, hidden = hf_encoder, int(hf_encoder.config.hidden_size)
+        else:
+            encoder_module = _DetachedEncoder()
+            hidden = int(json.loads((path / ENCODER_DIR / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+        model = MultiTaskModel(encoder_module, hidden, manifest.tasks)
         state = load_file(str(path / HEADS_FILE))
         for name, head in model.heads.items():
             head.load_state_dict({"weight": state[f"{name}.weight"], "bias": state[f"{name}.bias"]})

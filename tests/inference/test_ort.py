@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -158,3 +159,52 @@ def test_an_encoder_that_cannot_be_exported_is_refused_as_an_artifact_error(
     with pytest.raises(ArtifactError, match="cannot be exported to ONNX"):
         cached_export(bundle, "fp32", tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+LONG = " ".join(["The central bank's decision surprised markets; yields on two-year notes jumped."] * 30)
+ODD = ["Ünïcödé café — naïve façade, 東京 stocks +3%", "   leading spaces", "$AAPL $TSLA 🚀🚀", "", "a" * 600]
+
+
+def test_the_lean_tokenizer_gives_transformers_ids(bundle_v1: tuple[Path, str]) -> None:
+    """Same ids as AutoTokenizer for what the engine asks: special tokens, right truncation, no padding."""
+    from transformers import AutoTokenizer
+
+    from riskstream.modeling import LeanTokenizer
+
+    texts = [*TEXTS[:5], LONG, *ODD]
+    lean = LeanTokenizer(bundle_v1[0] / "encoder")
+    full = AutoTokenizer.from_pretrained(bundle_v1[0] / "encoder", local_files_only=True)
+    assert lean.pad_token_id == full.pad_token_id
+    for max_length in (128, 16):
+        kwargs: dict[str, Any] = {"truncation": True, "max_length": max_length, "padding": False}
+        assert lean(texts, **kwargs)["input_ids"] == full(texts, **kwargs)["input_ids"]
+    assert max(len(ids) for ids in lean(texts)["input_ids"]) > 128  # no truncation unless asked
+
+
+def test_the_onnx_backend_serves_a_bundle_loaded_without_its_torch_encoder(
+    bundle_v1: tuple[Path, str], cache: Path, ort_fp32: Engine
+) -> None:
+    """``encoder=False`` (what the worker and `score` load for this backend): same answers, no transformers import."""
+    import subprocess
+    import sys
+
+    lean = Engine(
+        load_bundle(bundle_v1[0], encoder=False),
+        place("cpu", "fp32", 2),
+        token_budget=256,
+        max_batch_docs=8,  # the same packs as ort_fp32, so the same floating-point sums
+        backend="onnxruntime",
+        onnx_cache=cache,
+    )
+    texts, channels = [*TEXTS, LONG], [*CHANNELS, "news"]
+    assert lean.score(texts, channels) == ort_fp32.score(texts, channels)
+    with pytest.raises(RuntimeError, match="without its PyTorch encoder"):
+        lean.bundle.model.embed(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
+    code = (
+        "import sys; from pathlib import Path; from riskstream.modeling import load_bundle; "
+        f"b = load_bundle(Path({str(bundle_v1[0])!r}), encoder=False); "
+        "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+        "print(len(b.tokenizer(['hello world'], truncation=True, max_length=8)['input_ids'][0]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "4"
