@@ -256,7 +256,7 @@ def run_inference_bench(
             onnx_cache=settings.onnx_cache_dir,
             ort_spinning=settings.ort_spinning,
         )
-        engine.score(texts[:64], ["news"] * 64)
+        engine.score(texts[:64], ["news"] * len(texts[:64]))
         setup_s = time.perf_counter() - started
         _, dt = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
         record(f"engine_{name}", len(texts), dt, engine.last_stats.tokens)
@@ -444,7 +444,7 @@ def _standalone_rate(settings: EngineSettings, texts: list[str]) -> float:
 
     torch.set_num_threads(settings.torch_threads)
     engine = build_engine(_load_bundle(settings), settings)
-    engine.score(texts[:64], ["news"] * 64)
+    engine.score(texts[:64], ["news"] * len(texts[:64]))
     _, seconds = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)))  # type: ignore[misc]
     del engine
     gc.collect()

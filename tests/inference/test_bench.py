@@ -1,0 +1,52 @@
+"""`riskstream bench inference` end to end on a small scale: every path measured side by side in one run, the
+accuracy comparison on every seed test set, the `riskstream score` subprocess and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.slow
+
+
+def _seed_data() -> Path:
+    env = os.environ.get("RISKSTREAM_SEED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[Path, str], tmp_path: Path) -> None:
+    from inference.bench import bench_inference
+
+    plot = tmp_path / "bench.png"
+    args = [
+        *("--n", "40", "--naive-n", "4", "--max-per-set", "6"),
+        *("--fast-path", "onnx-int8", "--fast-path", "int8"),
+        *("--bundle", str(bundle_v1[0]), "--data-dir", str(tmp_path / "data")),
+        *("--seed-data", str(_seed_data()), "--torch-threads", "2"),
+        *("--backend", "onnxruntime", "--precision", "int8", "--json", "--plot", str(plot)),
+    ]
+    result = CliRunner().invoke(bench_inference, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    paths = ("hf_pipeline_naive", "hf_pipeline_batch32", "engine_fp32", "engine_onnx_int8", "engine_int8")
+    assert set(out["runs"]) == set(paths)
+    for name, run in out["runs"].items():
+        assert run["docs_per_s"] > 0 and 0 < run["share_of_fp32_gemm_ceiling"] < 10, name
+    assert out["runs"]["engine_onnx_int8"]["documents"] == 40
+    assert out["gemm_fp32_gflops"] > 0 and out["gemm_int8_over_fp32"] > 0
+    # accuracy change of each fast path on every seed test set, against fp32 on the same rows
+    sets = ("financial_phrasebank", "fin_tweets_sentiment", "fin_tweets_topic", "banking77", "cs_sentiment")
+    assert set(out["accuracy"]) == set(sets)
+    for entry in out["accuracy"].values():
+        assert entry["n"] == 6
+        assert 0.0 <= entry["agreement_with_fp32_onnx_int8"] <= 1.0
+        assert "accuracy_delta_points_int8" in entry
+    # the score CLI ran as a subprocess on the same texts with the configured backend, and wrote every document
+    assert out["score_cli"]["backend"] == "onnxruntime" and out["score_cli"]["documents"] == 40
+    assert out["score_cli"]["docs_per_s"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "data" / "cache" / "onnx").glob("*-int8-*.onnx"))
