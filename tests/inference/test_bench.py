@@ -37,7 +37,7 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
     for name, run in out["runs"].items():
         assert run["docs_per_s"] > 0 and 0 < run["share_of_fp32_gemm_ceiling"] < 10, name
     assert out["runs"]["engine_onnx_int8"]["documents"] == 40
-    assert out["gemm_fp32_gflops"] > 0 and out["gemm_int8_over_fp32"] > 0
+    assert 0 < out["gemm_fp32_gflops_median"] <= out["gemm_fp32_gflops"] and out["gemm_int8_over_fp32"] > 0
     # accuracy change of each fast path on every seed test set, against fp32 on the same rows
     sets = ("financial_phrasebank", "fin_tweets_sentiment", "fin_tweets_topic", "banking77", "cs_sentiment")
     assert set(out["accuracy"]) == set(sets)
