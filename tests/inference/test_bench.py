@@ -23,7 +23,7 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
 
     plot = tmp_path / "bench.png"
     args = [
-        *("--n", "40", "--naive-n", "4", "--max-per-set", "6"),
+        *("--n", "40", "--naive-n", "4", "--max-per-set", "6", "--repeats", "2"),
         *("--fast-path", "onnx-int8", "--fast-path", "int8"),
         *("--bundle", str(bundle_v1[0]), "--data-dir", str(tmp_path / "data")),
         *("--seed-data", str(_seed_data()), "--torch-threads", "2"),
@@ -32,6 +32,7 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
     result = CliRunner().invoke(bench_inference, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    assert out["repeats"] == 2
     paths = ("hf_pipeline_naive", "hf_pipeline_batch32", "engine_fp32", "engine_onnx_int8", "engine_int8")
     assert set(out["runs"]) == set(paths)
     for name, run in out["runs"].items():
