@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from riskstream.hashing import sha256_file
 from riskstream.modeling import ENCODER_DIR, ArtifactError, LoadedBundle
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,6 @@ class _Pooled(nn.Module):
         hidden = self.e(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(bundle_sha256: str, variant: str, keep_fp32: Sequence[str]) -> str:
@@ -269,7 +262,7 @@ def export(bundle: LoadedBundle, variant: str, out: Path, keep_fp32: Sequence[st
             "fp32_kept_nodes": kept,
             "verify_min_cosine": round(float(cos.min()), 6),
             "export_seconds": round(time.monotonic() - started, 1),
-            "sha256": _sha256(graph),
+            "sha256": sha256_file(graph),
         }
         os.replace(graph, out)
     return facts
@@ -286,7 +279,7 @@ def cached_export(bundle: LoadedBundle, variant: str, cache_dir: Path, keep_fp32
             expected = json.loads(sidecar.read_text(encoding="utf-8"))["sha256"]
         except (ValueError, KeyError):
             expected = None
-        if expected == _sha256(path):
+        if expected == sha256_file(path):
             log.info("ONNX %s encoder of %s from the cache (%s)", variant, bundle.version, path)
             return path
         log.warning("cached ONNX file %s fails its checksum: exporting it again", path)

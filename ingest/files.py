@@ -50,14 +50,6 @@ class FileStats:
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _row_to_doc(row: dict[str, Any], default_source: str, position: str) -> RawDocument:
     """A row as a document. Without an id of its own a row is named by its file's content digest and its line,
     which is as unique as a UUID but stable if the file is read again after a crash."""

@@ -8,7 +8,6 @@ offline mode (the artifact may already be in ``~/.m2``), then the network.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from launcher.base import ServiceError, run_checked
+from riskstream.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def elasticsearch_zip(cache: Path, version: str, maven: str) -> Path:
     )
     if not target.exists():
         raise ServiceError("elasticsearch", f"Maven did not produce {target}", "check the version")
-    (downloads / f"{target.name}.ok").write_text(_sha256(target) + "\n", encoding="utf-8")
+    (downloads / f"{target.name}.ok").write_text(sha256_file(target) + "\n", encoding="utf-8")
     return target
 
 
@@ -165,11 +165,3 @@ def _unzip(archive: Path, dest: Path) -> None:
             mode = (info.external_attr >> 16) & 0o777
             if mode:
                 os.chmod(extracted, mode)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from riskstream.hashing import sha256_file
+
 BUNDLE_FORMAT = "riskstream-bundle/1"
 MANIFEST = "manifest.json"
 HEADS_FILE = "heads.safetensors"
@@ -162,14 +164,6 @@ class MultiTaskModel(nn.Module):
         return {task: self.heads[task](pooled) for task in tasks}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _bundle_files(root: Path) -> Iterable[Path]:
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
@@ -246,7 +240,7 @@ def save_bundle(model: MultiTaskModel, tokenizer: Any, manifest: BundleManifest,
         for p, t in head.state_dict().items()
     }
     save_file(heads, str(tmp / HEADS_FILE))
-    manifest.files = {str(p.relative_to(tmp)): _sha256_file(p) for p in _bundle_files(tmp)}
+    manifest.files = {str(p.relative_to(tmp)): sha256_file(p) for p in _bundle_files(tmp)}
     (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
     if path.exists():
         import shutil
@@ -270,7 +264,7 @@ def verify_bundle(path: Path, expected_sha256: str | None = None) -> str:
     """Check every file against the manifest (and the bundle digest against the registry's); return the digest."""
     path = Path(path)
     manifest = read_manifest(path)
-    actual = {str(p.relative_to(path)): _sha256_file(p) for p in _bundle_files(path)}
+    actual = {str(p.relative_to(path)): sha256_file(p) for p in _bundle_files(path)}
     missing = sorted(set(manifest.files) - set(actual))
     if missing:
         raise ArtifactError(f"bundle {path} is missing files: {', '.join(missing)}")
