@@ -93,7 +93,9 @@ def with_settings(settings_cls: type[S]) -> Callable[[F], F]:
             except ValidationError as exc:
                 raise click.UsageError(f"invalid configuration:\n{exc}") from exc
             configure_logging(
-                getattr(settings, "log_level", "INFO"), json_lines=bool(getattr(settings, "log_json", False))
+                getattr(settings, "log_level", "INFO"),
+                json_lines=bool(getattr(settings, "log_json", False)),
+                libraries=getattr(settings, "log_level_libraries", "WARNING"),
             )
             kwargs["settings"] = settings
             return func(*args, **kwargs)

@@ -21,7 +21,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+LIBRARIES = ("kafka", "elastic_transport", "urllib3", "httpx", "aiokafka", "faust", "mode", "alembic")
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = False, libraries: str = "WARNING") -> None:
+    """Root logger at ``level``; the client libraries in :data:`LIBRARIES` at ``libraries`` but never below it."""
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(_JsonFormatter())
@@ -30,5 +34,8 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kafka", "elastic_transport", "urllib3", "httpx", "aiokafka", "faust", "mode", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    library_level = logging.getLevelName(libraries.upper())
+    if not isinstance(library_level, int):
+        raise ValueError(f"unknown log level for the libraries: {libraries!r}")
+    for noisy in LIBRARIES:
+        logging.getLogger(noisy).setLevel(max(library_level, root.level))

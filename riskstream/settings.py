@@ -67,6 +67,20 @@ class CommonSettings(BaseSettings):
     es_alerts_alias: str = Field(default="riskstream-alerts", description="Elasticsearch alias of alerts.")
     log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
     log_json: bool = Field(default=False, description="Log one JSON object per line (for log shippers).")
+    log_level_libraries: str = Field(
+        default="WARNING",
+        description="Log level of the chatty client libraries (kafka, aiokafka, faust, mode, elastic_transport, "
+        "urllib3, httpx, alembic); never below log_level. DEBUG here shows consumer-group, rebalance and table "
+        "recovery detail when diagnosing the stream jobs.",
+    )
+
+    @field_validator("log_level", "log_level_libraries", mode="after")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+        return level
 
     @field_validator("data_dir", "seed_data", "cache_dir", mode="after")
     @classmethod

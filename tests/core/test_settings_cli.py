@@ -71,3 +71,25 @@ def test_to_env_rebuilds_the_same_settings_in_a_child(monkeypatch: pytest.Monkey
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert CommonSettings() == parent
+
+
+def test_library_log_level_is_a_setting_and_never_below_the_root_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from riskstream.logs import LIBRARIES
+
+    saved = {name: logging.getLogger(name).level for name in ("", *LIBRARIES)}
+    try:
+        runner = CliRunner()
+        assert runner.invoke(show, ["--log-level", "debug"]).exit_code == 0
+        assert logging.getLogger().level == logging.DEBUG
+        assert {logging.getLogger(n).level for n in LIBRARIES} == {logging.WARNING}  # quiet by default
+        assert runner.invoke(show, ["--log-level", "DEBUG", "--log-level-libraries", "DEBUG"]).exit_code == 0
+        assert logging.getLogger("faust").level == logging.DEBUG  # a rebalance can be diagnosed
+        assert runner.invoke(show, ["--log-level", "ERROR", "--log-level-libraries", "DEBUG"]).exit_code == 0
+        assert logging.getLogger("aiokafka").level == logging.ERROR
+        bad = runner.invoke(show, ["--log-level-libraries", "chatty"])
+        assert bad.exit_code == 2 and "unknown log level" in bad.output
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
