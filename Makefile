@@ -16,6 +16,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (riskstream needs Python 3.11)"; exit 1; }
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); test -d $(VENV)/lib || test "$$free_kb" -ge 8000000 || { \
+		echo "error: $$((free_kb / 1024)) MB free here; the virtualenv needs about 8 GB (PyPI's torch wheels bring CUDA libraries)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24,<27"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
