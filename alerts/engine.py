@@ -2,6 +2,8 @@
 
 Per scored document (event time = ``published_at``, else ``ingested_at``):
 
+0. the offset ledger (``alerts/ledger.py``, kept in the state table) skips a record already counted and reads back
+   records the stream skipped, so each document is counted once across restarts and rebalances;
 1. decode and validate (a bad message goes to the dead-letter topic with the reason, never stops the job);
 2. :class:`alerts.rules.Evaluator` counts it in its rules' windows (state in a changelog-backed faust Table, so
    a restart restores open windows and silences) and returns the alerts to fire;
@@ -33,7 +35,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from alerts import store, webhooks
-from alerts.rules import Evaluator, Rule, load_rules_file
+from alerts.ledger import OffsetLedger
+from alerts.rules import Evaluator, Rule, event_time, load_rules_file
 from alerts.settings import AlertSettings
 from riskstream.db import Database
 from riskstream.es import make_client
@@ -48,6 +51,12 @@ LATE = Counter("riskstream_alerts_late_documents_total", "Window assignments ref
 DEAD_LETTERS = Counter("riskstream_alerts_dead_letters_total", "Messages sent to the dead-letter topic.", ["reason"])
 FIRED = Counter("riskstream_alerts_fired_total", "Alerts fired.", ["rule", "severity"])
 DELIVERIES = Counter("riskstream_alert_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"])
+REDELIVERED = Counter(
+    "riskstream_alerts_redelivered_total", "Scored records delivered again after being counted (skipped)."
+)
+REPAIRED = Counter(
+    "riskstream_alerts_read_back_total", "Scored records the stream skipped, read back from the partition and counted."
+)
 OPEN_WINDOWS = Gauge("riskstream_alerts_open_windows", "Windows currently open across all rules and groups.")
 
 
@@ -70,6 +79,40 @@ def topic_partitions(bootstrap: str, topic: str, default: int = 1) -> int:
     finally:
         consumer.close()
     return len(parts) if parts else default
+
+
+def read_offsets(
+    bootstrap: str, topic: str, partition: int, start: int, stop: int, *, timeout: float = 60.0
+) -> list[Any]:
+    """The records of ``topic[partition]`` at offsets ``start`` to ``stop - 1``, read with a group-less consumer.
+
+    Offsets with no record (transaction markers, compaction, retention) are passed over: reading ends when the
+    position reaches ``stop``. Raises ``TimeoutError`` if it does not within ``timeout`` seconds.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    consumer = KafkaConsumer(
+        bootstrap_servers=[b.strip() for b in bootstrap.split(",") if b.strip()],
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # below the log start (retention): from what is left
+        request_timeout_ms=15000,
+    )
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while consumer.position(tp) < stop:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] offsets {start}-{stop - 1} took over {timeout}s")
+            for record in consumer.poll(timeout_ms=500).get(tp, []):
+                if start <= record.offset < stop:
+                    records.append(record)
+        return records
+    finally:
+        consumer.close()
 
 
 class AlertEngine:
@@ -204,6 +247,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         use_partitioner=True,  # windows are keyed by rule + group, not by the document's partition
     )
     lateness = timedelta(seconds=settings.alerts_lateness)
+    ledger = OffsetLedger(table, max_repair=settings.alerts_gap_repair_max)
 
     async def in_thread(fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
@@ -235,26 +279,89 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     async def prepare() -> None:
         await in_thread(lambda: ensure_templates(engine.es, settings.es_docs_alias, settings.es_alerts_alias))
 
+    async def handle(raw: bytes | None, key: bytes | None, origin: Any) -> None:
+        """One record: decode, count in its windows, emit what fired; a bad record goes to the dead-letter topic."""
+        try:
+            doc = parse_scored(raw)
+        except (ValidationError, ValueError) as exc:
+            kinds = {e["type"] for e in exc.errors()} if isinstance(exc, ValidationError) else set()
+            reason = "invalid_json" if "json_invalid" in kinds else "schema_violation"
+            letter = dead_letter(raw, key, reason, str(exc), origin)
+            DEAD_LETTERS.labels(reason).inc()
+            await dlq.send(key=key, value=letter.model_dump_json().encode())
+            return
+        engine.last_event = time.monotonic()
+        ev = evaluator()
+        late_before = ev.stats.late
+        fired = ev.add(doc)
+        DOCUMENTS.inc()
+        late = ev.stats.late - late_before
+        LATE.inc(late)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "document %s (offset %s:%s, event time %s): %d late window(s), %d alert(s), watermark %s",
+                doc.id,
+                origin.partition,
+                origin.offset,
+                event_time(doc).isoformat(),
+                late,
+                len(fired),
+                ev.watermark,
+            )
+        await emit(fired)
+
+    async def read_back(topic: str, partition: int, missing: range) -> list[Any]:
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=0.5, max=30),
+            before_sleep=_retry_logger(f"{topic}[{partition}] offsets {missing.start}-{missing.stop - 1}"),
+            reraise=True,
+        ):
+            with attempt:
+                return await in_thread(
+                    partial(read_offsets, settings.kafka_bootstrap, topic, partition, missing.start, missing.stop)
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     @app.agent(scored)
     async def process(stream: Any) -> Any:
         async for event in stream.events():
             message = event.message
-            try:
-                doc = parse_scored(event.value)
-            except (ValidationError, ValueError) as exc:
-                kinds = {e["type"] for e in exc.errors()} if isinstance(exc, ValidationError) else set()
-                reason = "invalid_json" if "json_invalid" in kinds else "schema_violation"
-                letter = dead_letter(event.value, event.key, reason, str(exc), message)
-                DEAD_LETTERS.labels(reason).inc()
-                await dlq.send(key=event.key, value=letter.model_dump_json().encode())
+            topic, partition, offset = message.topic, message.partition, message.offset
+            verdict = ledger.admit(topic, partition, offset)
+            if verdict.kind == "duplicate":
+                REDELIVERED.inc()
+                log.debug(
+                    "offset %s[%d]@%d already counted (next is %s): skipped", topic, partition, offset, verdict.expected
+                )
                 continue
-            engine.last_event = time.monotonic()
-            ev = evaluator()
-            late_before = ev.stats.late
-            fired = ev.add(doc)
-            DOCUMENTS.inc()
-            LATE.inc(ev.stats.late - late_before)
-            await emit(fired)
+            if verdict.kind == "jump":
+                log.warning(
+                    "%s[%d] jumped from offset %s to %d, more than alerts_gap_repair_max=%d: taken as an offset "
+                    "reset, the records in between are not evaluated",
+                    topic,
+                    partition,
+                    verdict.expected,
+                    offset,
+                    settings.alerts_gap_repair_max,
+                )
+            if verdict.missing:
+                records = await read_back(topic, partition, verdict.missing)
+                for record in records:
+                    await handle(record.value, record.key, record)
+                    ledger.done(topic, partition, record.offset)
+                REPAIRED.inc(len(records))
+                log.warning(
+                    "%s[%d] offsets %d-%d were not delivered by the stream: %d record(s) read back from the "
+                    "partition and counted before offset %d",
+                    topic,
+                    partition,
+                    verdict.missing.start,
+                    verdict.missing.stop - 1,
+                    len(records),
+                    offset,
+                )
+            await handle(event.value, event.key, message)
+            ledger.done(topic, partition, offset)
 
     @app.timer(interval=max(0.5, min(settings.alerts_idle_close, 5.0)))
     async def close_idle() -> None:

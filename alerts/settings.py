@@ -42,6 +42,13 @@ class AlertSettings(CommonSettings):
         description="Seconds without new documents after which windows are closed on the wall clock (end + "
         "lateness before now): keeps alerts flowing on a quiet stream.",
     )
+    alerts_gap_repair_max: int = Field(
+        default=10_000,
+        ge=0,
+        description="Most offsets of one scored partition the engine reads back itself when the stream skipped "
+        "them (a known faust race at restarts and rebalances); a larger jump is taken as a deliberate offset "
+        "reset and logged, not repaired. 0 never repairs.",
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC-SHA256 key that signs webhook bodies (receivers verify with the same key). "

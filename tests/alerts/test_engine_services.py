@@ -232,62 +232,130 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
     assert dead["stage"] == "alerts" and dead["reason"] == "invalid_json" and dead["payload"] == "{not json"
 
 
-def test_open_windows_survive_an_engine_restart(engine_settings: AlertSettings, engine_log: Path) -> None:
-    """Two documents before a restart and one after fill one window: the faust table restored the count."""
-    s = engine_settings.model_copy(update={"alerts_idle_close": 600.0})  # close windows by event time only
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    admin.create_topics([NewTopic(t, 1, 1) for t in (s.topic_scored, s.topic_alerts, s.topic_dlq)])
-    admin.close()
-    db = Database(s.db_url)
-    rule = load_rule({"id": "three", "name": "Three in a window", "window": "15m", "threshold": 3, "min_docs": 3})
-    with db.session() as session:
-        store.save_rule(session, rule, actor="test")
-        session.commit()
-    db.dispose()
-    start = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+class RestartScenario:
+    """A scored topic, the rule "three documents in a 15-minute window", and an engine that can be (re)started.
 
-    def publish(*docs: Any) -> None:
+    Windows close on event time only (``alerts_idle_close`` is long), so what an engine counts is decided by the
+    documents alone. ``start`` is the opening of the window the tests fill.
+    """
+
+    def __init__(self, settings: AlertSettings, log: Path) -> None:
+        self.s = settings.model_copy(update={"alerts_idle_close": 600.0})
+        self.log = log
+        admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap)
+        admin.create_topics([NewTopic(t, 1, 1) for t in (self.s.topic_scored, self.s.topic_alerts, self.s.topic_dlq)])
+        admin.close()
+        db = Database(self.s.db_url)
+        rule = load_rule({"id": "three", "name": "Three in a window", "window": "15m", "threshold": 3, "min_docs": 3})
+        with db.session() as session:
+            store.save_rule(session, rule, actor="test")
+            session.commit()
+        db.dispose()
+        self.start = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+        self.producer = KafkaProducer(bootstrap_servers=self.s.kafka_bootstrap, acks="all")
+        self.es = make_client(self.s)
+
+    def doc(self, doc_id: str, minutes: int) -> Any:
+        return scored(doc_id, self.start + timedelta(minutes=minutes))
+
+    def publish(self, *docs: Any) -> None:
         for doc in docs:
-            producer.send(s.topic_scored, key=doc.id.encode(), value=doc.model_dump_json().encode())
-        producer.flush()
+            self.producer.send(self.s.topic_scored, key=doc.id.encode(), value=doc.model_dump_json().encode())
+        self.producer.flush()
 
-    es = make_client(s)
-
-    def alerts() -> list[Any]:
-        es.indices.refresh(index=s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
-        res = es.search(index=s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
+    def alerts(self) -> list[Any]:
+        self.es.indices.refresh(index=self.s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
+        res = self.es.search(index=self.s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
         return list(res["hits"]["hits"])
 
-    def run_engine() -> subprocess.Popen[bytes]:
-        with engine_log.open("ab") as log:
+    def engine(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
             return subprocess.Popen(
                 [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"],
-                env=env_for(s),
+                env=env_for(self.s),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 
-    publish(scored("a", start + timedelta(minutes=1)), scored("b", start + timedelta(minutes=2)))
-    proc = run_engine()
-    try:
-        # faust flushes the table's changelog before it commits the offsets of the documents that changed it
-        wait_for("the first two documents committed", lambda: _committed(s) >= 2, 150, proc)
-    finally:
-        stop(proc)
-    assert alerts() == []
+    def run_until_committed(self, offset: int) -> None:
+        """Run an engine until it committed ``offset`` on the scored topic, then stop it (SIGTERM)."""
+        proc = self.engine()
+        try:
+            # faust flushes the table's changelog before it commits the offsets of the documents that changed it
+            wait_for(f"offset {offset} committed", lambda: _committed(self.s) >= offset, 150, proc)
+        finally:
+            stop(proc)
+
+    def run_until_alert(self) -> Any:
+        """Run an engine until the alert of the window at ``start`` is searchable; returns that one hit."""
+        proc = self.engine()
+        try:
+            hits = wait_for("the alert after the restart", self.alerts, 150, proc)
+        finally:
+            stop(proc)
+        (hit,) = hits
+        assert hit["_id"] == alert_id("three", {}, self.start)
+        return hit["_source"]
+
+    def close(self) -> None:
+        self.producer.close()
+        self.es.close()
+
+
+@pytest.fixture
+def scenario(engine_settings: AlertSettings, engine_log: Path) -> Iterator[RestartScenario]:
+    value = RestartScenario(engine_settings, engine_log)
+    yield value
+    value.close()
+
+
+def test_open_windows_survive_an_engine_restart(scenario: RestartScenario) -> None:
+    """Two documents before a restart and one after fill one window: the faust table restored the count."""
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2))
+    scenario.run_until_committed(2)
+    assert scenario.alerts() == []
     # the third document of the window, then one far later that moves event time past the window's end
-    publish(scored("c", start + timedelta(minutes=3)), scored("z", start + timedelta(hours=2)))
-    proc = run_engine()
+    scenario.publish(scenario.doc("c", 3), scenario.doc("z", 120))
+    alert = scenario.run_until_alert()
+    assert alert["doc_count"] == 3 and set(alert["sample_doc_ids"]) == {"a", "b", "c"}
+
+
+def test_documents_delivered_again_after_a_restart_are_counted_once(scenario: RestartScenario) -> None:
+    """The group's offset moves back after a and b were counted (as when a rebalance replays records): the ledger
+    in the state table skips them, so the window holds three documents, not five."""
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2))
+    scenario.run_until_committed(2)
+    _commit(scenario.s, 0)
+    scenario.publish(scenario.doc("c", 3), scenario.doc("z", 120))
+    alert = scenario.run_until_alert()
+    assert alert["doc_count"] == 3 and sorted(alert["sample_doc_ids"]) == ["a", "b", "c"]
+
+
+def test_a_document_the_stream_skips_is_read_back_and_counted(scenario: RestartScenario) -> None:
+    """The group's offset moves past c before the restart (as faust does when it drops a record fetched during
+    recovery): the next record reveals the gap, c is read back from the partition and completes the window."""
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2))
+    scenario.run_until_committed(2)
+    scenario.publish(scenario.doc("c", 3), scenario.doc("z", 120))  # offsets 2 and 3
+    _commit(scenario.s, 3)
+    alert = scenario.run_until_alert()
+    assert alert["doc_count"] == 3 and set(alert["sample_doc_ids"]) == {"a", "b", "c"}
+    assert "offsets 2-2 were not delivered by the stream: 1 record(s) read back" in scenario.log.read_text()
+
+
+def _commit(s: AlertSettings, offset: int) -> None:
+    """Set the engine's committed offset on the scored topic (no engine is running)."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.alerts_app_id, enable_auto_commit=False)
     try:
-        hits = wait_for("the alert after the restart", alerts, 150, proc)
+        tp = TopicPartition(s.topic_scored, 0)
+        consumer.assign([tp])
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1)})
     finally:
-        stop(proc)
-    producer.close()
-    (hit,) = hits
-    assert hit["_source"]["doc_count"] == 3 and set(hit["_source"]["sample_doc_ids"]) == {"a", "b", "c"}
-    assert hit["_id"] == alert_id("three", {}, start)
+        consumer.close()
 
 
 def _committed(s: AlertSettings) -> int:
