@@ -274,6 +274,10 @@ def _silence_key(rule_id: str, group: str) -> str:
     return f"s|{rule_id}|{group}"
 
 
+WATERMARK_KEY = "m|watermark"
+WATERMARK_SAVE_EVERY = timedelta(minutes=1)
+
+
 @dataclass
 class EvalStats:
     documents: int = 0
@@ -290,6 +294,10 @@ class Evaluator:
     window that last fired (for silences). ``lateness`` is how long after a window's end documents for it are
     still accepted; a window closes when the newest event time seen passes ``end + lateness`` or, for an idle
     stream, when the wall clock does (:meth:`advance`).
+
+    The newest event time (the watermark) is saved in ``state`` too, at most once per minute of event time, so a
+    restarted evaluator resumes from it (at most a minute behind: a little more lenient, never stricter) instead of
+    treating a late document as new.
     """
 
     def __init__(self, rules: Iterable[Rule], state: MutableMapping[str, Any], *, lateness: timedelta) -> None:
@@ -297,6 +305,7 @@ class Evaluator:
         self.state = state
         self.lateness = lateness
         self.watermark: datetime | None = None
+        self._saved_watermark: datetime | None = None
         self.stats = EvalStats()
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
@@ -307,6 +316,8 @@ class Evaluator:
         """Count one document in every window of every matching rule; returns early-fired alerts and the alerts
         of windows the advancing event time closed."""
         self.stats.documents += 1
+        if self.watermark is None:  # first document of this process: resume from the saved watermark, if any
+            self.watermark = self._saved_watermark = self._load_watermark()
         when = event_time(doc)
         fired: list[Alert] = []
         negative = doc.sentiment.label == "negative"
@@ -335,8 +346,15 @@ class Evaluator:
         self.stats.matched += int(matched)
         if self.watermark is None or when > self.watermark:
             self.watermark = when
+            if self._saved_watermark is None or when - self._saved_watermark >= WATERMARK_SAVE_EVERY:
+                self.state[WATERMARK_KEY] = when.timestamp()
+                self._saved_watermark = when
         fired.extend(self._close(self.watermark))
         return fired
+
+    def _load_watermark(self) -> datetime | None:
+        saved = self.state.get(WATERMARK_KEY)
+        return datetime.fromtimestamp(float(saved), tz=UTC) if saved is not None else None
 
     def advance(self, now: datetime) -> list[Alert]:
         """Close every window whose end plus lateness is before ``now`` (wall clock, for idle streams)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,22 @@ def test_event_time_watermark_closes_windows_and_drops_late_docs() -> None:
     assert [a.window_start for a in fired] == [T0]
     ev.add(scored("late", T0 + timedelta(minutes=3)))  # its window is closed: counted as late, not reopened
     assert ev.stats.late == 1
+
+
+def test_a_restarted_evaluator_resumes_the_saved_watermark() -> None:
+    """The state table outlives the process; the watermark in it keeps a late document late after a restart."""
+    state: dict[str, Any] = {}
+    before = Evaluator([rule(threshold=2)], state, lateness=timedelta(minutes=2))
+    before.add(scored("d0", T0))
+    before.add(scored("d1", T0 + timedelta(minutes=20)))  # closes window 1
+    before.add(scored("d2", T0 + timedelta(minutes=20, seconds=30)))  # under a minute later: not saved again
+    after = Evaluator([rule(threshold=2)], state, lateness=timedelta(minutes=2))
+    after.add(scored("late", T0 + timedelta(minutes=3)))
+    assert after.stats.late == 1 and after.open_windows() == 1  # only window 2 (d1, d2); window 1 not reopened
+    assert after.watermark == T0 + timedelta(minutes=20)  # the saved one: at most a minute behind
+    fresh = Evaluator([rule(threshold=2)], {}, lateness=timedelta(minutes=2))
+    fresh.add(scored("late", T0 + timedelta(minutes=3)))
+    assert fresh.stats.late == 0  # without a saved watermark the same document opens a window
 
 
 def test_fire_early_fires_at_crossing() -> None:
