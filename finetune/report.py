@@ -48,21 +48,27 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], title: str, pa
 
 
 def plot_reliability(bins: list[dict[str, float]], ece_value: float, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    centers = [(b["lower"] + b["upper"]) / 2 for b in bins if b["count"]]
-    accuracy = [b["accuracy"] for b in bins if b["count"]]
-    confidence = [b["confidence"] for b in bins if b["count"]]
-    width = bins[0]["upper"] - bins[0]["lower"] if bins else 1 / 15
-    ax.bar(centers, accuracy, width=width * 0.9, alpha=0.7, label="accuracy", edgecolor="black")
-    ax.plot(confidence, accuracy, "o", color="tab:red", label="mean confidence of bin")
+    """Accuracy against mean confidence per bin (top) and how many predictions each bin holds (bottom, log scale):
+    a bin of three predictions far from the diagonal matters less than one of three thousand."""
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    used = [b for b in bins if b["count"]]
+    centers = [(b["lower"] + b["upper"]) / 2 for b in used]
+    width = (bins[0]["upper"] - bins[0]["lower"] if bins else 1 / 15) * 0.9
+    ax.bar(centers, [b["accuracy"] for b in used], width=width, alpha=0.7, label="accuracy", edgecolor="black")
+    ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o", color="tab:red",
+            label="mean confidence of bin")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (calibrated)")
+    ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE {ece_value:.3f}")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    total = int(sum(b["count"] for b in bins))
+    ax.set_title(f"{title}\nECE {ece_value:.3f}, {total:,} predictions")
+    counts_ax.bar(centers, [b["count"] for b in used], width=width, color="tab:gray", edgecolor="black")
+    counts_ax.set_yscale("log")
+    counts_ax.set_ylabel("predictions")
+    counts_ax.set_xlabel("confidence (calibrated)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
