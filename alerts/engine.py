@@ -93,7 +93,7 @@ def read_offsets(
 
     tp = TopicPartition(topic, partition)
     consumer = KafkaConsumer(
-        bootstrap_servers=[b.strip() for b in bootstrap.split(",") if b.strip()],
+        bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # below the log start (retention): from what is left
