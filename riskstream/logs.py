@@ -34,8 +34,6 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False, librarie
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    library_level = logging.getLevelName(libraries.upper())
-    if not isinstance(library_level, int):
-        raise ValueError(f"unknown log level for the libraries: {libraries!r}")
+    library_level = logging.getLevelNamesMapping()[libraries.upper()]  # validated by the settings
     for noisy in LIBRARIES:
         logging.getLogger(noisy).setLevel(max(library_level, root.level))
