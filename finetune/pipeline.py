@@ -236,6 +236,7 @@ def run_pipeline(
                     "threads": torch.get_num_threads(),
                     "label_sets": {t: list(s.labels) for t, s in specs.items()},
                     "train_rows": {t: len(r) for t, r in data.train.items()},
+                    "step_shares": result.step_shares,
                 }
             )
             manifest = BundleManifest(

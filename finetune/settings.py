@@ -82,13 +82,16 @@ class FinetuneSettings(CommonSettings):
     task_sampling_temperature: float = Field(
         default=2.0,
         gt=0,
-        description="Batches are drawn per task with probability ~ size^(1/T): 1 = "
-        "proportional to data, larger = more even across tasks (helps small tasks, may under-train big ones).",
+        description="Batches are drawn per dataset (each head's datasets, and its analyst labels, are separate "
+        "streams) with probability ~ rows^(1/T): 1 = proportional to data, larger = more even across datasets "
+        "(helps small ones, may under-train big ones).",
     )
     task_weight_multipliers: dict[str, float] = Field(
-        default_factory=dict,
-        description='Per-task factor on the sampling weight, e.g. {"cs_sentiment": 0.5}: shifts the training '
-        "budget towards the tasks that need it (a task at 0 is not trained, and keeps its untrained head).",
+        default_factory=lambda: {"cs_sentiment": 0.5},
+        description='Factor on the sampling weight per task or dataset (or "analyst"): shifts the training budget '
+        "towards what needs it. The default halves cs_sentiment, which meets its target with points to spare; "
+        "a value given replaces the whole default. A task at 0 is not trained and keeps its untrained head; a "
+        "dataset at 0 is left out of its head's training.",
     )
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout before the heads.")
     seed: int = Field(default=42, description="Random seed (sampling, initialisation, subsampling).")

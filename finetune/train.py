@@ -1,10 +1,12 @@
 """Multi-task fine-tuning: one shared encoder, one linear head per task, each batch drawn from one task.
 
-Batches: the rows of each task are tokenised once, shuffled, cut into length buckets (rows of similar length
-together, so dynamic padding wastes little), and each training step draws a task with probability proportional
-to ``size ** (1 / task_sampling_temperature)``. AdamW with linear warm-up and decay; the heads learn faster than
-the pretrained encoder. GPU: automatic mixed precision (bf16 where supported, else fp16 with a gradient scaler).
-CPU: full precision unless ``cpu_bf16``; torch uses every core it is given.
+Batches: the rows of each task are tokenised once and split into streams by dataset (a head trained on two
+datasets gets two streams; analyst labels are a stream of their own). Each stream is shuffled and cut into length
+buckets (rows of similar length together, so dynamic padding wastes little), and each training step draws a
+stream with probability proportional to ``rows ** (1 / task_sampling_temperature)``. AdamW with linear warm-up
+and decay; the heads learn faster than the pretrained encoder. GPU: automatic mixed precision (bf16 where
+supported, else fp16 with a gradient scaler). CPU: full precision unless ``cpu_bf16``; torch uses every core it
+is given.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from finetune.data import Example, TrainingData
+from finetune.data import DATASETS, Example, TrainingData
 from finetune.settings import FinetuneSettings
 from riskstream.modeling import MultiTaskModel, build_untrained
 
@@ -44,6 +46,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     precision: str = "fp32"
+    step_shares: dict[str, float] = field(default_factory=dict)  # "<task>/<dataset>" -> share of the steps
 
 
 def seed_everything(seed: int) -> None:
@@ -125,26 +128,65 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random
     return batches
 
 
-def _cycle_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+def _stream_batches(
+    rows: Sequence[int], encoded: Sequence[Sequence[int]], batch_size: int, rng: random.Random
+) -> Iterator[list[int]]:
+    """Endless length-bucketed batches over ``rows`` (indices into the task's rows), reshuffled every pass."""
+    lengths = [len(encoded[i]) for i in rows]
     while True:
-        yield from bucketed_batches(lengths, batch_size, rng)
+        for batch in bucketed_batches(lengths, batch_size, rng):
+            yield [rows[j] for j in batch]
 
 
-def task_weights(
-    sizes: dict[str, int], temperature: float, multipliers: dict[str, float] | None = None
-) -> dict[str, float]:
-    """Probability of drawing each task's next batch: ``size ** (1 / temperature)`` times the task's multiplier
-    (default 1), normalised. Tasks without rows, or with a multiplier of 0, are never drawn."""
+# every name a multiplier may use: the tasks, the seed datasets and the analysts' labels
+SAMPLING_NAMES = frozenset(DATASETS) | {spec.task for spec in DATASETS.values()} | {"analyst"}
+
+
+def sampling_streams(train: dict[str, list[Example]]) -> dict[tuple[str, str], list[int]]:
+    """The rows of each task split by where they came from: ``(task, dataset)`` -> row indices into the task's
+    rows. A head trained on two datasets (news sentiment: phrasebank and tweets) gets two streams, so the smaller
+    dataset is not drowned by the larger; analyst labels form a stream of their own per task."""
+    streams: dict[tuple[str, str], list[int]] = {}
+    for task, rows in train.items():
+        for i, ex in enumerate(rows):
+            streams.setdefault((task, ex.source), []).append(i)
+    return streams
+
+
+def sampling_weights(
+    sizes: dict[tuple[str, str], int],
+    temperature: float,
+    multipliers: dict[str, float] | None = None,
+    absent: Iterable[str] = (),
+) -> dict[tuple[str, str], float]:
+    """Probability of drawing each stream's next batch: ``rows ** (1 / temperature)`` times the multipliers of its
+    task and of its dataset (default 1 each; once where the two share a name, as cs_sentiment does), normalised.
+    Streams without rows, or at weight 0, are never drawn. Multipliers for ``absent`` names (tasks or datasets
+    that exist but have no rows in this run, like the default's cs_sentiment in a news-only run) are ignored; any
+    other name that matches no stream is refused."""
     multipliers = multipliers or {}
-    unknown = sorted(set(multipliers) - set(sizes))
+    known = {task for task, _ in sizes} | {source for _, source in sizes} | set(absent)
+    unknown = sorted(set(multipliers) - known)
     if unknown:
-        raise ValueError(f"task_weight_multipliers names unknown tasks {unknown} (tasks: {sorted(sizes)})")
-    raw = {task: n ** (1.0 / temperature) * multipliers.get(task, 1.0) for task, n in sizes.items() if n > 0}
-    raw = {task: w for task, w in raw.items() if w > 0}
+        raise ValueError(f"task_weight_multipliers names unknown tasks or datasets {unknown} (known: {sorted(known)})")
+    raw = {
+        key: n ** (1.0 / temperature) * math.prod(multipliers.get(name, 1.0) for name in set(key))
+        for key, n in sizes.items()
+        if n > 0
+    }
+    raw = {key: w for key, w in raw.items() if w > 0}
     total = sum(raw.values())
     if not total:
         raise ValueError("every task has a sampling weight of 0: nothing to train")
-    return {task: w / total for task, w in raw.items()}
+    return {key: w / total for key, w in raw.items()}
+
+
+def task_shares(weights: dict[tuple[str, str], float]) -> dict[str, float]:
+    """The share of steps each task gets, summed over its streams."""
+    shares: dict[str, float] = {}
+    for (task, _), w in weights.items():
+        shares[task] = shares.get(task, 0.0) + w
+    return shares
 
 
 def training_progress(step: int, total: int, elapsed: float, budget: float | None) -> float:
@@ -199,11 +241,17 @@ def train(
     }
     labels = {task: [ex.label for ex in rows] for task, rows in data.train.items()}
     sizes = {task: len(rows) for task, rows in data.train.items()}
-    weights = task_weights(sizes, settings.task_sampling_temperature, settings.task_weight_multipliers)
+    streams = sampling_streams(data.train)
+    weights = sampling_weights(
+        {key: len(rows) for key, rows in streams.items()},
+        settings.task_sampling_temperature,
+        settings.task_weight_multipliers,
+        absent=SAMPLING_NAMES,
+    )
     rng = random.Random(settings.seed)
     iters = {
-        task: _cycle_batches([len(ids) for ids in encoded[task]], settings.batch_size, random.Random(settings.seed + k))
-        for k, task in enumerate(sorted(encoded))
+        key: _stream_batches(streams[key], encoded[key[0]], settings.batch_size, random.Random(settings.seed + k))
+        for k, key in enumerate(sorted(weights))
     }
     total = max(1, math.ceil(settings.epochs * sum(sizes.values()) / settings.batch_size))
     if max_steps is not None:
@@ -217,17 +265,17 @@ def train(
     pad_id = tokenizer.pad_token_id or 0
     loss_fn = nn.CrossEntropyLoss()
     log.info(
-        "training %d steps on %s (%s), tasks %s, weights %s, %d frozen parameters",
+        "training %d steps on %s (%s), tasks %s, step shares %s, %d frozen parameters",
         total,
         device,
         amp_dtype or "fp32",
         sizes,
-        {t: round(w, 3) for t, w in weights.items()},
+        {f"{task}/{source}": round(w, 3) for (task, source), w in sorted(weights.items())},
         frozen,
     )
 
-    task_names = sorted(weights)
-    task_probs = [weights[t] for t in task_names]
+    stream_keys = sorted(weights)
+    stream_probs = [weights[key] for key in stream_keys]
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     stopped_at = total
@@ -250,8 +298,9 @@ def train(
             factor = lr_factor(progress_done, settings.warmup_ratio)
             for group, peak in zip(optimizer.param_groups, peaks, strict=True):
                 group["lr"] = peak * factor
-            task = rng.choices(task_names, task_probs)[0]
-            idx = next(iters[task])
+            key = rng.choices(stream_keys, stream_probs)[0]
+            task = key[0]
+            idx = next(iters[key])
             input_ids, mask = pad([encoded[task][i] for i in idx], pad_id)
             target = torch.tensor([labels[task][i] for i in idx], dtype=torch.long, device=device)
             with autocast():
@@ -288,6 +337,7 @@ def train(
         seconds=seconds,
         history=history,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        step_shares={f"{task}/{source}": round(w, 4) for (task, source), w in sorted(weights.items())},
     )
 
 
