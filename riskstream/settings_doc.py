@@ -7,6 +7,7 @@ drift from the code.
 from __future__ import annotations
 
 import importlib
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
+    factory = field.default_factory
+    if factory is not None:
+        # a named function depends on the machine (data dir, cores); list, dict and lambdas are constants
+        if factory in (list, dict) or getattr(factory, "__name__", "") == "<lambda>":
+            return f"`{json.dumps(factory())}`"
         return "(computed)"
     value = field.default
     if value is None:
