@@ -117,6 +117,10 @@ def _dev_by_task(data: TrainingData) -> dict[str, list[str]]:
     return out
 
 
+# the issue's calibration target; a dev ECE above it after calibration is logged
+CALIBRATION_ECE_WARN = 0.05
+
+
 def evaluate_on_dev(
     model: MultiTaskModel,
     tokenizer: Any,
@@ -159,11 +163,42 @@ def evaluate_on_dev(
         name: metrics_from_logits(lg, lb, specs[DATASETS[name].task].labels, temperatures[DATASETS[name].task])
         for name, (lg, lb) in logits.items()
     }
+    if calibrate:
+        _check_shared_temperatures(logits, metrics, temperatures)
     return temperatures, metrics
 
 
+def _check_shared_temperatures(
+    logits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    metrics: dict[str, dict[str, Any]],
+    temperatures: dict[str, float],
+) -> None:
+    """A head serves all its datasets with one temperature. Where it has several, record the temperature each
+    dataset alone would get (``temperature_alone``) and warn when the shared one leaves a dataset's dev ECE above
+    CALIBRATION_ECE_WARN: the head's confidences then mean different things on different kinds of text."""
+    for task, temperature in temperatures.items():
+        names = [n for n in logits if DATASETS[n].task == task]
+        if len(names) < 2:
+            continue
+        for name in names:
+            alone = fit_temperature(*logits[name])
+            metrics[name]["temperature_alone"] = alone
+            if metrics[name]["ece"] > CALIBRATION_ECE_WARN:
+                log.warning(
+                    "%s: the head's one temperature (%.2f, fitted on %s together) leaves %s at dev ECE %.3f; "
+                    "%s alone would want %.2f. Its confidences are less reliable than the other datasets'.",
+                    task,
+                    temperature,
+                    " + ".join(sorted(names)),
+                    name,
+                    metrics[name]["ece"],
+                    name,
+                    alone,
+                )
+
+
 def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = ("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature")
+    keys = ("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature", "temperature_alone")
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
 
 

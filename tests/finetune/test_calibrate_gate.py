@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from finetune.calibrate import ece, fit_temperature, nll
+from finetune.evaluate import metrics_from_logits
 from finetune.gate import decide
+from finetune.pipeline import CALIBRATION_ECE_WARN, _check_shared_temperatures
 
 
 def _overconfident(n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,3 +71,34 @@ def test_not_better_is_refused_and_missing_dataset_is_refused() -> None:
 def test_min_improvement() -> None:
     assert not decide(_m(a=0.705), _m(a=0.70), tolerance=0.02, min_improvement=0.01).accepted
     assert decide(_m(a=0.72), _m(a=0.70), tolerance=0.02, min_improvement=0.01).accepted
+
+
+def test_a_head_shared_by_two_datasets_that_want_different_temperatures_is_flagged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # phrasebank's logits are over-confident, the tweets' are already calibrated: one temperature cannot serve both
+    sentences, sentence_labels = _overconfident(n=2000, classes=3, seed=1)
+    probs = torch.softmax(torch.randn(2000, 3, generator=torch.Generator().manual_seed(2)) * 2, -1)
+    tweet_labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(1)
+    logits = {"financial_phrasebank": (sentences, sentence_labels), "fin_tweets_sentiment": (probs.log(), tweet_labels)}
+    shared = fit_temperature(torch.cat([sentences, probs.log()]), torch.cat([sentence_labels, tweet_labels]))
+    metrics = {
+        name: metrics_from_logits(lg, lb, ("negative", "neutral", "positive"), shared, detail=False)
+        for name, (lg, lb) in logits.items()
+    }
+    with caplog.at_level("WARNING", logger="finetune.pipeline"):
+        _check_shared_temperatures(logits, metrics, {"news_sentiment": shared})
+    # the shared temperature falls between what each set wants, and neither is calibrated by it
+    assert metrics["financial_phrasebank"]["temperature_alone"] > shared + 1
+    assert abs(metrics["fin_tweets_sentiment"]["temperature_alone"] - 1.0) < 0.1
+    flagged = {name for name in logits if f"leaves {name} at dev ECE" in caplog.text}
+    assert flagged == {name for name, m in metrics.items() if m["ece"] > CALIBRATION_ECE_WARN} == set(logits)
+
+
+def test_a_head_with_one_dataset_is_not_second_guessed(caplog: pytest.LogCaptureFixture) -> None:
+    logits = {"banking77": _overconfident(n=500, classes=5)}
+    metrics = {"banking77": metrics_from_logits(*logits["banking77"], list("abcde"), 1.0, detail=False)}
+    with caplog.at_level("WARNING", logger="finetune.pipeline"):
+        _check_shared_temperatures(logits, metrics, {"cs_topic": 1.0})
+    assert "temperature_alone" not in metrics["banking77"]
+    assert caplog.text == ""
