@@ -63,8 +63,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int
     """
     if logits.shape[0] == 0:
         return 1.0
-    logits = logits.detach().float()
-    labels = labels.detach().long()
+    # clones: scores from torch.inference_mode() cannot take part in autograd, and LBFGS needs it
+    logits = logits.detach().float().clone()
+    labels = labels.detach().long().clone()
     log_t = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 

@@ -76,10 +76,12 @@ def test_min_improvement() -> None:
 def test_a_head_shared_by_two_datasets_that_want_different_temperatures_is_flagged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # phrasebank's logits are over-confident, the tweets' are already calibrated: one temperature cannot serve both
-    sentences, sentence_labels = _overconfident(n=2000, classes=3, seed=1)
-    probs = torch.softmax(torch.randn(2000, 3, generator=torch.Generator().manual_seed(2)) * 2, -1)
-    tweet_labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(1)
+    # phrasebank's logits are over-confident, the tweets' are already calibrated: one temperature cannot serve both.
+    # Made under inference mode, as the scorer's are.
+    with torch.inference_mode():
+        sentences, sentence_labels = _overconfident(n=2000, classes=3, seed=1)
+        probs = torch.softmax(torch.randn(2000, 3, generator=torch.Generator().manual_seed(2)) * 2, -1)
+        tweet_labels = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(1)
     logits = {"financial_phrasebank": (sentences, sentence_labels), "fin_tweets_sentiment": (probs.log(), tweet_labels)}
     shared = fit_temperature(torch.cat([sentences, probs.log()]), torch.cat([sentence_labels, tweet_labels]))
     metrics = {
