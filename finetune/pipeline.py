@@ -24,7 +24,7 @@ import torch
 from sqlalchemy import select
 
 from finetune import registry as reg
-from finetune.calibrate import fit_temperature
+from finetune.calibrate import ece, fit_temperature
 from finetune.data import DATASETS, Example, TrainingData, check_label_sets, count_labels, load_training_data
 from finetune.evaluate import metrics_from_logits, score_examples, summarize
 from finetune.gate import decide
@@ -174,31 +174,38 @@ def _check_shared_temperatures(
     temperatures: dict[str, float],
 ) -> None:
     """A head serves all its datasets with one temperature. Where it has several, record the temperature each
-    dataset alone would get (``temperature_alone``) and warn when the shared one leaves a dataset's dev ECE above
-    CALIBRATION_ECE_WARN: the head's confidences then mean different things on different kinds of text."""
+    dataset alone would get and the dev ECE it would reach with it (``temperature_alone``, ``ece_alone``), and warn
+    when the shared one leaves a dataset's dev ECE above CALIBRATION_ECE_WARN. The warning gives both ECEs: far
+    apart, sharing is the cause (the head's confidences mean different things on different kinds of text); close,
+    the dataset is hard to calibrate by a temperature at all, or its dev set is too small to tell."""
     for task, temperature in temperatures.items():
         names = [n for n in logits if DATASETS[n].task == task]
         if len(names) < 2:
             continue
         for name in names:
-            alone = fit_temperature(*logits[name])
+            lg, lb = logits[name]
+            alone = fit_temperature(lg, lb)
             metrics[name]["temperature_alone"] = alone
+            metrics[name]["ece_alone"] = ece(torch.softmax(lg.float() / alone, -1), lb)
             if metrics[name]["ece"] > CALIBRATION_ECE_WARN:
                 log.warning(
                     "%s: the head's one temperature (%.2f, fitted on %s together) leaves %s at dev ECE %.3f; "
-                    "%s alone would want %.2f. Its confidences are less reliable than the other datasets'.",
+                    "its own temperature (%.2f) would give %.3f.",
                     task,
                     temperature,
                     " + ".join(sorted(names)),
                     name,
                     metrics[name]["ece"],
-                    name,
                     alone,
+                    metrics[name]["ece_alone"],
                 )
 
 
 def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = ("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature", "temperature_alone")
+    keys = (
+        *("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll"),
+        *("temperature", "temperature_alone", "ece_alone"),
+    )
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
 
 
