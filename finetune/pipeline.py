@@ -202,10 +202,8 @@ def _check_shared_temperatures(
 
 
 def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = (
-        *("n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll"),
-        *("temperature", "temperature_alone", "ece_alone"),
-    )
+    keys = ["n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature"]
+    keys += ["temperature_alone", "ece_alone"]  # datasets of a shared head only
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
 
 

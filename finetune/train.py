@@ -181,14 +181,6 @@ def sampling_weights(
     return {key: w / total for key, w in raw.items()}
 
 
-def task_shares(weights: dict[tuple[str, str], float]) -> dict[str, float]:
-    """The share of steps each task gets, summed over its streams."""
-    shares: dict[str, float] = {}
-    for (task, _), w in weights.items():
-        shares[task] = shares.get(task, 0.0) + w
-    return shares
-
-
 def training_progress(step: int, total: int, elapsed: float, budget: float | None) -> float:
     """Fraction of training done: by steps, or by the time budget if that runs out first."""
     by_steps = step / total
@@ -248,6 +240,7 @@ def train(
         settings.task_weight_multipliers,
         absent=SAMPLING_NAMES,
     )
+    shares = {f"{task}/{source}": round(w, 4) for (task, source), w in sorted(weights.items())}
     rng = random.Random(settings.seed)
     iters = {
         key: _stream_batches(streams[key], encoded[key[0]], settings.batch_size, random.Random(settings.seed + k))
@@ -270,7 +263,7 @@ def train(
         device,
         amp_dtype or "fp32",
         sizes,
-        {f"{task}/{source}": round(w, 3) for (task, source), w in sorted(weights.items())},
+        shares,
         frozen,
     )
 
@@ -337,7 +330,7 @@ def train(
         seconds=seconds,
         history=history,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        step_shares={f"{task}/{source}": round(w, 4) for (task, source), w in sorted(weights.items())},
+        step_shares=shares,
     )
 
 
