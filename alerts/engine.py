@@ -42,6 +42,7 @@ from riskstream.db import Database
 from riskstream.es import make_client
 from schemas.es import ensure_templates, index_for
 from schemas.records import Alert, DeadLetter, ScoredDocument
+from schemas.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,18 +68,6 @@ class WebhookNotConfiguredError(Exception):
 def broker_url(bootstrap: str) -> str:
     """``host:port,host2:port`` -> ``kafka://host:port;kafka://host2:port`` (faust's broker list)."""
     return ";".join(f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip())
-
-
-def topic_partitions(bootstrap: str, topic: str, default: int = 1) -> int:
-    """Partition count of ``topic`` (the state table must match it); ``default`` when it does not exist yet."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=15000)
-    try:
-        parts = consumer.partitions_for_topic(topic)
-    finally:
-        consumer.close()
-    return len(parts) if parts else default
 
 
 def read_offsets(
@@ -400,7 +389,15 @@ def run(settings: AlertSettings) -> None:
     engine = AlertEngine(settings, db)
     rules = engine.current_rules()
     log.info("alert engine starting with %d rule(s): %s", len(rules), json.dumps([r.id for r in rules]))
-    partitions = topic_partitions(settings.kafka_bootstrap, settings.topic_scored)
+    # The topics exist before faust starts: the state table is sized from the scored topic, and the first alert
+    # or dead letter must not wait for a broker to create its topic (see docs/alerts.md, "Topics").
+    topics = ensure_topics(
+        settings.kafka_bootstrap,
+        [settings.topic_scored, settings.topic_alerts, settings.topic_dlq],
+        partitions=settings.kafka_topic_partitions,
+        replication=settings.kafka_topic_replication,
+    )
+    partitions = topics[0].partitions
     if settings.alerts_metrics_port:
         start_http_server(settings.alerts_metrics_port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.alerts_metrics_port)

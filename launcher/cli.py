@@ -31,12 +31,25 @@ def _names(only: tuple[str, ...]) -> list[str] | None:
 
 
 def apply_schemas(settings: LauncherSettings, names: list[str]) -> list[str]:
-    """Apply the SQL migrations and (with Elasticsearch up) the index templates; idempotent."""
+    """Apply the SQL migrations, (with Kafka up) the topics and (with Elasticsearch up) the index templates.
+
+    Idempotent: existing topics, migrations and templates are left as they are.
+    """
     from riskstream.db import upgrade
 
     done = []
     upgrade(settings.db_url)
     done.append("sql migrations at head")
+    if "kafka" in names:
+        from schemas.topics import ensure_topics
+
+        topics = ensure_topics(
+            settings.kafka_bootstrap,
+            [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts],
+            partitions=settings.kafka_topic_partitions,
+            replication=settings.kafka_topic_replication,
+        )
+        done.append("kafka topics " + ", ".join(f"{t.name} ({t.partitions} partitions)" for t in topics))
     if "elasticsearch" in names:
         from riskstream.es import make_client
         from schemas.es import ensure_templates

@@ -87,3 +87,23 @@ def schemas_apply_es(settings: CommonSettings) -> None:
     client = make_client(settings)
     ensure_templates(client, settings.es_docs_alias, settings.es_alerts_alias)
     click.echo(f"templates and aliases ready: {settings.es_docs_alias}, {settings.es_alerts_alias}")
+
+
+@schemas_group.command("apply-kafka")
+@with_settings(CommonSettings)
+def schemas_apply_kafka(settings: CommonSettings) -> None:
+    """Create the Kafka topics that are missing (kafka_topic_partitions, kafka_topic_replication); idempotent."""
+    from schemas.topics import TopicSetupError, ensure_topics
+
+    names = [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts]
+    try:
+        topics = ensure_topics(
+            settings.kafka_bootstrap,
+            names,
+            partitions=settings.kafka_topic_partitions,
+            replication=settings.kafka_topic_replication,
+        )
+    except TopicSetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for t in topics:
+        click.echo(f"{t.name}  {t.partitions} partitions  {'created' if t.created else 'existed'}")

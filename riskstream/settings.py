@@ -45,6 +45,18 @@ class CommonSettings(BaseSettings):
         default="127.0.0.1:9092",
         description="Kafka bootstrap servers, comma separated. `services up` starts a broker on this address.",
     )
+    kafka_topic_partitions: int = Field(
+        default=3,
+        ge=1,
+        description="Partitions of a topic riskstream creates (at `services up`, `schemas apply-kafka` and when a "
+        "worker or the alert engine starts and finds its topic missing). The raw topic's count caps how many "
+        "workers share the load. Existing topics are never changed.",
+    )
+    kafka_topic_replication: int = Field(
+        default=1,
+        ge=1,
+        description="Replication factor of a topic riskstream creates; 3 on a production cluster.",
+    )
     es_url: str = Field(
         default="http://127.0.0.1:9200",
         description="Elasticsearch URL. `services up` starts a node on this address.",

@@ -1,0 +1,99 @@
+"""The Kafka topics of the contract, created before any process needs them.
+
+A broker that creates topics on first use (the local launcher's does) makes a producer's first send wait for
+metadata of a topic that does not exist yet; under load that wait has stalled the alert engine's first alert.
+Production clusters usually refuse automatic creation altogether. So every process that writes a topic, and
+``riskstream services up`` / ``riskstream schemas apply-kafka``, creates the topics it needs first, with the
+configured partition count and replication factor. A topic that already exists is left exactly as it is (its
+partition count is the operator's decision and the consumer groups' assignment depends on it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+class TopicSetupError(RuntimeError):
+    """A topic the process needs is missing and cannot be created (the broker's reason is in the message)."""
+
+
+@dataclass(frozen=True)
+class TopicState:
+    name: str
+    partitions: int
+    created: bool
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    partitions: int,
+    replication: int,
+    timeout_s: float = 30.0,
+) -> list[TopicState]:
+    """Create the topics of ``names`` that do not exist and wait until every partition of each has a leader.
+
+    Returns each topic's partition count and whether this call created it. Raises :class:`TopicSetupError` with
+    the broker's reason when a missing topic cannot be created (the principal may not create topics, the
+    replication factor exceeds the brokers) or its partitions have no leader within ``timeout_s``.
+    """
+    wanted = list(dict.fromkeys(n for n in names if n))
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="riskstream-topics",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        created: set[str] = set()
+        for name in missing:  # one by one: a topic another process created meanwhile is not an error
+            try:
+                admin.create_topics(
+                    [NewTopic(name, num_partitions=partitions, replication_factor=replication)],
+                    timeout_ms=int(timeout_s * 1000),
+                )
+            except TopicAlreadyExistsError:
+                continue
+            except KafkaError as exc:
+                found = re.search(r"error_message='([^']*)'", str(exc))
+                reason = (found.group(1) if found else str(exc)[:300]).rstrip(".")
+                raise TopicSetupError(
+                    f"cannot create Kafka topic {name!r} ({partitions} partitions, replication {replication}): "
+                    f"{type(exc).__name__}: {reason}. Create it on the cluster, or change kafka_topic_partitions / "
+                    "kafka_topic_replication"
+                ) from exc
+            created.add(name)
+            log.info("created Kafka topic %s (%d partitions, replication %d)", name, partitions, replication)
+        counts = _wait_for_leaders(admin, wanted, time.monotonic() + timeout_s)
+    finally:
+        admin.close()
+    return [TopicState(name=n, partitions=counts[n], created=n in created) for n in wanted]
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], deadline: float) -> dict[str, int]:
+    """Partition count per topic once every partition has a leader (a new topic gets them a moment later)."""
+    while True:
+        pending: list[str] = []
+        counts: dict[str, int] = {}
+        for desc in admin.describe_topics(names):
+            name = desc.get("name") or desc.get("topic")
+            parts = desc.get("partitions") or []
+            counts[name] = len(parts)
+            if desc.get("error_code") or not parts or any(p.get("leader_id", -1) < 0 for p in parts):
+                pending.append(name)
+        if not pending:
+            return counts
+        if time.monotonic() > deadline:
+            raise TopicSetupError(f"Kafka topics {pending} have partitions without a leader; is the cluster healthy?")
+        time.sleep(0.2)
