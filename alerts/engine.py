@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import faust
+import mode
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -311,7 +312,11 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @app.agent(scored)
+    # A crashed agent stops the whole process (non-zero exit) instead of leaving it up with nothing consuming:
+    # a supervisor (systemd, Kubernetes, `riskstream demo`) restarts it and the state table's ledger resumes from the
+    # committed offsets. faust's default supervisor would restart the agent in place, on a stream that already
+    # acknowledged the record it failed on.
+    @app.agent(scored, supervisor_strategy=mode.CrashingSupervisor)
     async def process(stream: Any) -> Any:
         async for event in stream.events():
             message = event.message

@@ -37,6 +37,7 @@ DEMO_SLICES: dict[str, int] = {
     "banking77": 300,
     "cs_sentiment": 300,
 }
+MAX_ALERT_RESTARTS = 3  # the alert engine exits non-zero when its agent crashes; the demo restarts it this often
 
 
 def _cli(*args: str) -> list[str]:
@@ -192,6 +193,7 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
     worker = subprocess.Popen(_cli("worker"), env=env, stdout=worker_log, stderr=subprocess.STDOUT)
     alerts: subprocess.Popen[bytes] | None = None
     alerts_log = (logs / "alerts.log").open("ab")
+    alert_restarts = 0
     try:
         alerts = subprocess.Popen(_cli("alerts", "run"), env=env, stdout=alerts_log, stderr=subprocess.STDOUT)
     except OSError as exc:
@@ -224,6 +226,17 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise click.ClickException(f"the worker exited with {worker.returncode}; see {logs / 'worker.log'}")
+            if alerts is not None and alerts.poll() is not None:
+                # the engine exits non-zero when its agent crashes; like a production supervisor, start it again
+                # (it resumes from its committed offsets), but give up on an engine that keeps failing
+                if alert_restarts >= MAX_ALERT_RESTARTS:
+                    raise click.ClickException(
+                        f"the alert engine exited {alert_restarts + 1} times (last code {alerts.returncode}); "
+                        f"see {logs / 'alerts.log'}"
+                    )
+                alert_restarts += 1
+                click.echo(f"\n  the alert engine exited with {alerts.returncode}; restarting it (see alerts.log)")
+                alerts = subprocess.Popen(_cli("alerts", "run"), env=env, stdout=alerts_log, stderr=subprocess.STDOUT)
             seen = _count(client, settings.es_docs_alias, replayed)
             click.echo(f"\r  searchable: {seen}/{sent}", nl=False)
             if seen >= sent:
@@ -234,6 +247,7 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
         summary["replayed"] = sent
         summary["searchable"] = seen
         summary["seconds"] = round(time.monotonic() - started, 1)
+        summary["alert_engine_restarts"] = alert_restarts
         (out_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         click.echo(json.dumps(summary, indent=2))
         click.echo(f"\nplot: {out_dir / 'demo-risk.png'}   logs: {logs}")

@@ -367,3 +367,55 @@ def _committed(s: AlertSettings) -> int:
         return int(consumer.committed(TopicPartition(s.topic_scored, 0)) or 0)
     finally:
         consumer.close()
+
+
+CRASHING_ENGINE = """
+import alerts.engine
+from alerts.rules import Evaluator
+
+
+class Failing(Evaluator):
+    def add(self, doc):
+        raise TypeError(f"injected failure while counting {doc.id}")
+
+
+alerts.engine.Evaluator = Failing  # a bug in the agent, injected; Kafka, the table and faust are real
+from riskstream.cli import main
+
+main(["alerts", "run"])
+"""
+
+
+def test_the_engine_creates_its_topics_and_exits_non_zero_when_its_agent_crashes(
+    engine_settings: AlertSettings, engine_log: Path
+) -> None:
+    """Nothing created the topics beforehand: the engine does, with the configured partitions, before faust starts.
+    Then a failure inside the agent stops the process with a non-zero exit (for its supervisor to restart it)
+    instead of leaving it running with nothing consuming."""
+    s = engine_settings.model_copy(update={"kafka_topic_partitions": 2})
+    with engine_log.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASHING_ENGINE],
+            env=env_for(s),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        wanted = {s.topic_scored, s.topic_alerts, s.topic_dlq}
+        wait_for("the engine's topics", lambda: wanted <= set(admin.list_topics()), 90, proc)
+        described = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(sorted(wanted))}
+        admin.close()
+        assert described == dict.fromkeys(wanted, 2)
+        # a new engine starts at the earliest offset, so the document reaches it whenever it joins the group
+        producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+        doc = scored("boom", datetime.now(tz=UTC))
+        producer.send(s.topic_scored, key=doc.id.encode(), value=doc.model_dump_json().encode())
+        producer.flush()
+        producer.close()
+        code = proc.wait(timeout=180)
+    finally:
+        stop(proc)
+    assert code != 0
+    assert "Crashed reason=TypeError('injected failure while counting boom')" in engine_log.read_text()
