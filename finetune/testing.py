@@ -26,6 +26,9 @@ def tiny_settings(seed_data: Path, data_dir: Path, **overrides: object) -> Finet
         "epochs": 1.0,
         "max_train_minutes": None,
         "batch_size": 8,
+        # pinned: what a few-step model learns must not move when the product's tuned defaults do
+        "lr": 1e-4,
+        "head_lr": 2e-3,
         "max_length": 32,
         "eval_batch_size": 64,
         "gate_min_macro_f1": 0.0,
