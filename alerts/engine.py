@@ -43,7 +43,7 @@ from riskstream.db import Database
 from riskstream.es import make_client
 from schemas.es import ensure_templates, index_for
 from schemas.records import Alert, DeadLetter, ScoredDocument
-from schemas.topics import ensure_topics
+from schemas.topics import ensure_configured
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -396,12 +396,7 @@ def run(settings: AlertSettings) -> None:
     log.info("alert engine starting with %d rule(s): %s", len(rules), json.dumps([r.id for r in rules]))
     # The topics exist before faust starts: the state table is sized from the scored topic, and the first alert
     # or dead letter must not wait for a broker to create its topic (see docs/alerts.md, "Topics").
-    topics = ensure_topics(
-        settings.kafka_bootstrap,
-        [settings.topic_scored, settings.topic_alerts, settings.topic_dlq],
-        partitions=settings.kafka_topic_partitions,
-        replication=settings.kafka_topic_replication,
-    )
+    topics = ensure_configured(settings, [settings.topic_scored, settings.topic_alerts, settings.topic_dlq])
     partitions = topics[0].partitions
     if settings.alerts_metrics_port:
         start_http_server(settings.alerts_metrics_port, addr="127.0.0.1")

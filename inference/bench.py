@@ -486,9 +486,10 @@ def _standalone_rate(settings: EngineSettings, texts: list[str]) -> float:
 
 def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> dict[str, Any]:
     from kafka import KafkaProducer
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import KafkaAdminClient
 
     from riskstream.es import make_client
+    from schemas.topics import ensure_topics
 
     run_id = uuid.uuid4().hex[:8]
     s = settings.model_copy(
@@ -504,9 +505,13 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
     seed = s.require_seed_data()
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
     standalone = _standalone_rate(s, texts)
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
-    admin.create_topics([NewTopic(t, 3, 1) for t in (s.topic_raw, s.topic_scored, s.topic_dlq)])
-    admin.close()
+    # three partitions whatever the settings say: runs stay comparable
+    ensure_topics(
+        s.kafka_bootstrap,
+        [s.topic_raw, s.topic_scored, s.topic_dlq],
+        partitions=3,
+        replication=s.kafka_topic_replication,
+    )
     es = make_client(s)
     producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap.split(","), acks="all", linger_ms=5)
 

@@ -187,16 +187,11 @@ class Worker:
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
         from schemas.es import ensure_templates
-        from schemas.topics import ensure_topics
+        from schemas.topics import ensure_configured
 
         ensure_templates(self.es, self.settings.es_docs_alias, self.settings.es_alerts_alias)
         # the topics exist before the first produce, which then never waits for a broker to create one
-        ensure_topics(
-            self.settings.kafka_bootstrap,
-            [self.settings.topic_raw, self.settings.topic_scored, self.settings.topic_dlq],
-            partitions=self.settings.kafka_topic_partitions,
-            replication=self.settings.kafka_topic_replication,
-        )
+        ensure_configured(self.settings, [self.settings.topic_raw, self.settings.topic_scored, self.settings.topic_dlq])
         worker = self
 
         class Listener(ConsumerRebalanceListener):

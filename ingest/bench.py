@@ -26,6 +26,7 @@ from ingest.replay import replay, replay_documents
 from ingest.settings import IngestSettings
 from riskstream.cliutil import echo_json, with_settings
 from schemas.records import DeadLetter, RawDocument
+from schemas.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,6 @@ class _EncodeOnlySink:
         return None
 
 
-def _ensure_topic(settings: IngestSettings, topic: str) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="riskstream-bench")
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
-
-
 @click.command("ingest")
 @click.option("--dataset", default="financial_phrasebank", show_default=True, help="Seed dataset to replay.")
 @click.option("--split", default="train", show_default=True)
@@ -76,7 +64,8 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
     """Documents/s published by replay (pipeline only vs. the real broker with each compression)."""
     seed = settings.require_seed_data()
     topic = topic or f"riskstream.bench.ingest.{uuid.uuid4().hex[:8]}"
-    _ensure_topic(settings, topic)
+    # three partitions whatever the settings say: runs stay comparable
+    ensure_topics(settings.kafka_bootstrap, [topic], partitions=3, replication=settings.kafka_topic_replication)
     results: list[dict[str, object]] = []
 
     def run(

@@ -41,14 +41,9 @@ def apply_schemas(settings: LauncherSettings, names: list[str]) -> list[str]:
     upgrade(settings.db_url)
     done.append("sql migrations at head")
     if "kafka" in names:
-        from schemas.topics import ensure_topics
+        from schemas.topics import ensure_configured
 
-        topics = ensure_topics(
-            settings.kafka_bootstrap,
-            [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts],
-            partitions=settings.kafka_topic_partitions,
-            replication=settings.kafka_topic_replication,
-        )
+        topics = ensure_configured(settings, settings.kafka_topics)
         done.append("kafka topics " + ", ".join(f"{t.name} ({t.partitions} partitions)" for t in topics))
     if "elasticsearch" in names:
         from riskstream.es import make_client

@@ -93,16 +93,10 @@ def schemas_apply_es(settings: CommonSettings) -> None:
 @with_settings(CommonSettings)
 def schemas_apply_kafka(settings: CommonSettings) -> None:
     """Create the Kafka topics that are missing (kafka_topic_partitions, kafka_topic_replication); idempotent."""
-    from schemas.topics import TopicSetupError, ensure_topics
+    from schemas.topics import TopicSetupError, ensure_configured
 
-    names = [settings.topic_raw, settings.topic_scored, settings.topic_dlq, settings.topic_alerts]
     try:
-        topics = ensure_topics(
-            settings.kafka_bootstrap,
-            names,
-            partitions=settings.kafka_topic_partitions,
-            replication=settings.kafka_topic_replication,
-        )
+        topics = ensure_configured(settings, settings.kafka_topics)
     except TopicSetupError as exc:
         raise click.ClickException(str(exc)) from exc
     for t in topics:

@@ -109,6 +109,11 @@ class CommonSettings(BaseSettings):
         return f"sqlite:///{self.data_dir / 'riskstream.db'}"
 
     @property
+    def kafka_topics(self) -> list[str]:
+        """Every topic of the contract: raw, scored, dead-letter and alerts."""
+        return [self.topic_raw, self.topic_scored, self.topic_dlq, self.topic_alerts]
+
+    @property
     def artifact_cache(self) -> Path:
         return self.cache_dir or Path.home() / ".cache" / "riskstream"
 

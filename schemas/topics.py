@@ -11,19 +11,27 @@ partition count is the operator's decision and the consumer groups' assignment d
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, for_code
 
 log = logging.getLogger(__name__)
 
 
 class TopicSetupError(RuntimeError):
     """A topic the process needs is missing and cannot be created (the broker's reason is in the message)."""
+
+
+class TopicSettings(Protocol):
+    """What topic set-up reads from a process's settings (``riskstream.settings.CommonSettings`` has it)."""
+
+    kafka_bootstrap: str
+    kafka_topic_partitions: int
+    kafka_topic_replication: int
 
 
 @dataclass(frozen=True)
@@ -57,24 +65,24 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]
         created: set[str] = set()
-        for name in missing:  # one by one: a topic another process created meanwhile is not an error
-            try:
-                admin.create_topics(
-                    [NewTopic(name, num_partitions=partitions, replication_factor=replication)],
-                    timeout_ms=int(timeout_s * 1000),
-                )
-            except TopicAlreadyExistsError:
-                continue
-            except KafkaError as exc:
-                found = re.search(r"error_message='([^']*)'", str(exc))
-                reason = (found.group(1) if found else str(exc)[:300]).rstrip(".")
-                raise TopicSetupError(
-                    f"cannot create Kafka topic {name!r} ({partitions} partitions, replication {replication}): "
-                    f"{type(exc).__name__}: {reason}. Create it on the cluster, or change kafka_topic_partitions / "
-                    "kafka_topic_replication"
-                ) from exc
-            created.add(name)
-            log.info("created Kafka topic %s (%d partitions, replication %d)", name, partitions, replication)
+        if missing:
+            response = admin.create_topics(
+                [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing],
+                timeout_ms=int(timeout_s * 1000),
+                raise_errors=False,  # one result per topic, with the broker's message
+            )
+            for result in response["topics"]:
+                name, code = result["name"], result["error_code"]
+                if code == TopicAlreadyExistsError.errno:  # another process created it meanwhile
+                    continue
+                if code:
+                    raise TopicSetupError(
+                        f"cannot create Kafka topic {name!r} ({partitions} partitions, replication {replication}): "
+                        f"{for_code(code).__name__}: {(result.get('error_message') or '').rstrip('.')}. Create it "
+                        "on the cluster, or change kafka_topic_partitions / kafka_topic_replication"
+                    )
+                created.add(name)
+                log.info("created Kafka topic %s (%d partitions, replication %d)", name, partitions, replication)
         counts = _wait_for_leaders(admin, wanted, time.monotonic() + timeout_s)
     finally:
         admin.close()
@@ -97,3 +105,13 @@ def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], deadline: float
         if time.monotonic() > deadline:
             raise TopicSetupError(f"Kafka topics {pending} have partitions without a leader; is the cluster healthy?")
         time.sleep(0.2)
+
+
+def ensure_configured(settings: TopicSettings, names: Iterable[str]) -> list[TopicState]:
+    """:func:`ensure_topics` with the bootstrap servers, partition count and replication factor of ``settings``."""
+    return ensure_topics(
+        settings.kafka_bootstrap,
+        names,
+        partitions=settings.kafka_topic_partitions,
+        replication=settings.kafka_topic_replication,
+    )

@@ -25,16 +25,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 
 def create_topics(settings: CommonSettings, partitions: int = 3) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from schemas.topics import ensure_topics
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
-    try:
-        for topic in (settings.topic_raw, settings.topic_scored, settings.topic_dlq):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        admin.close()
+    topics = [settings.topic_raw, settings.topic_scored, settings.topic_dlq]
+    ensure_topics(settings.kafka_bootstrap, topics, partitions=partitions, replication=1)
 
 
 def produce(settings: CommonSettings, messages: Iterable[tuple[str | None, bytes]]) -> None:
