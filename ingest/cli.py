@@ -40,11 +40,15 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 @contextmanager
 def runtime(settings: IngestSettings, *, dedupe: bool = True) -> Iterator[Any]:
-    """Database, Kafka publisher and pipeline, closed (producer flushed) on the way out."""
+    """Topics, database, Kafka publisher and pipeline; closed (producer flushed) on the way out."""
     from ingest.pipeline import Ingestor
     from ingest.publisher import KafkaPublisher
     from riskstream.db import Database
+    from schemas.topics import ensure_configured
 
+    # the topics exist before the first publish, which then never waits for a broker to create one (and a
+    # cluster that refuses automatic creation gets them with the configured partitions and replication)
+    ensure_configured(settings, [settings.topic_raw, settings.topic_dlq])
     db = Database(settings.db_url)
     publisher = KafkaPublisher(settings)
     ingestor = Ingestor(settings, publisher, db=db, dedupe=dedupe)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from kafka.admin import KafkaAdminClient
 
 from ingest.cli import ingest
 from ingest.pipeline import Ingestor
@@ -131,14 +132,36 @@ def test_records_land_on_the_default_partitioners_partition(settings: CommonSett
     assert len({r.partition for r in records}) == 3
 
 
-def test_replay_publishes_stable_ids(settings: CommonSettings) -> None:
+def test_replay_creates_its_topics_and_publishes_stable_ids(settings: CommonSettings) -> None:
     cfg = ingest_settings_from(settings)
     assert cfg.seed_data is not None, "the test settings name the seed data"
     result = CliRunner().invoke(
-        ingest, ["replay", "--dataset", "banking77", "--limit", "40", "--rate", "400", *_flags(cfg)]
+        ingest,
+        [
+            "replay",
+            "--dataset",
+            "banking77",
+            "--limit",
+            "40",
+            "--rate",
+            "400",
+            "--kafka-topic-partitions",
+            "2",
+            *_flags(cfg),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output[result.output.index("{") :])["published"] == 40
+    # ingest created its two topics with the configured partitions (the broker's auto-creation would give 3)
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap)
+    try:
+        described = {
+            d.get("topic") or d.get("name"): len(d["partitions"])
+            for d in admin.describe_topics([cfg.topic_raw, cfg.topic_dlq])
+        }
+    finally:
+        admin.close()
+    assert described == {cfg.topic_raw: 2, cfg.topic_dlq: 2}
     records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=40)
     assert sorted(r.key.decode() for r in records) == sorted(f"banking77-train-{i}" for i in range(40))
     assert {RawDocument.model_validate_json(r.value).channel for r in records} == {"customer_service"}
