@@ -144,16 +144,59 @@ def _ensure_dashboard_admin(env: dict[str, str], out_dir: Path) -> None:
     click.echo(f"dashboard user demo-admin created; its password is in {login}")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, name: str) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        click.echo(f"{name} did not drain within 60 s; killing it")
-        proc.kill()
-        proc.wait()
+class Child:
+    """A long-running child of the demo (worker, alert engine) with its own log, restarted when it exits.
+
+    Like a production supervisor: an exit is answered with a fresh start, up to ``max_restarts`` times (the alert
+    engine exits non-zero when its agent crashes and resumes from its committed offsets); one more exit raises.
+    Logs are appended across demo runs, so every start writes a header line with the time and the attempt: the
+    current run's output is what follows the last header.
+    """
+
+    def __init__(
+        self, name: str, args: Sequence[str], env: dict[str, str], log_path: Path, *, max_restarts: int = 0
+    ) -> None:
+        self.name = name
+        self.args = list(args)
+        self.env = env
+        self.log_path = log_path
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = log_path.open("ab")
+
+    def start(self) -> None:
+        stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
+        self._log.write(f"\n===== {stamp} riskstream demo: {self.name} start {self.restarts + 1} =====\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        """Restart the child if it has exited; raise ``ClickException`` once it has used up its restarts."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        code = self.proc.returncode
+        if self.restarts >= self.max_restarts:
+            times = f"{self.restarts + 1} times, last with code {code}" if self.restarts else f"with code {code}"
+            raise click.ClickException(f"the {self.name} exited {times}; see {self.log_path}")
+        self.restarts += 1
+        click.echo(f"\n  the {self.name} exited with code {code}; restarting it (see {self.log_path.name})")
+        self.start()
+
+    def stop(self) -> None:
+        """SIGTERM (the child drains and commits), a kill after 60 s; then close the log."""
+        proc = self.proc
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    click.echo(f"{self.name} did not drain within 60 s; killing it")
+                    proc.kill()
+                    proc.wait()
+        finally:
+            self._log.close()
 
 
 @click.command("demo")
@@ -189,13 +232,11 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
 
     _run(_cli("alerts", "rules", "add", str(Path(alerts_pkg.__file__).parent / "default_rules.yaml")), env)
     _ensure_dashboard_admin(env, out_dir)
-    worker_log = (logs / "worker.log").open("ab")
-    worker = subprocess.Popen(_cli("worker"), env=env, stdout=worker_log, stderr=subprocess.STDOUT)
-    alerts: subprocess.Popen[bytes] | None = None
-    alerts_log = (logs / "alerts.log").open("ab")
-    alert_restarts = 0
+    worker = Child("worker", _cli("worker"), env, logs / "worker.log")
+    alerts = Child("alert engine", _cli("alerts", "run"), env, logs / "alerts.log", max_restarts=MAX_ALERT_RESTARTS)
+    worker.start()
     try:
-        alerts = subprocess.Popen(_cli("alerts", "run"), env=env, stdout=alerts_log, stderr=subprocess.STDOUT)
+        alerts.start()
     except OSError as exc:
         click.echo(f"alert engine not started: {exc}")
 
@@ -224,19 +265,8 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
         deadline = time.monotonic() + timeout_s
         seen = 0
         while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise click.ClickException(f"the worker exited with {worker.returncode}; see {logs / 'worker.log'}")
-            if alerts is not None and alerts.poll() is not None:
-                # the engine exits non-zero when its agent crashes; like a production supervisor, start it again
-                # (it resumes from its committed offsets), but give up on an engine that keeps failing
-                if alert_restarts >= MAX_ALERT_RESTARTS:
-                    raise click.ClickException(
-                        f"the alert engine exited {alert_restarts + 1} times (last code {alerts.returncode}); "
-                        f"see {logs / 'alerts.log'}"
-                    )
-                alert_restarts += 1
-                click.echo(f"\n  the alert engine exited with {alerts.returncode}; restarting it (see alerts.log)")
-                alerts = subprocess.Popen(_cli("alerts", "run"), env=env, stdout=alerts_log, stderr=subprocess.STDOUT)
+            worker.check()
+            alerts.check()
             seen = _count(client, settings.es_docs_alias, replayed)
             click.echo(f"\r  searchable: {seen}/{sent}", nl=False)
             if seen >= sent:
@@ -247,7 +277,7 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
         summary["replayed"] = sent
         summary["searchable"] = seen
         summary["seconds"] = round(time.monotonic() - started, 1)
-        summary["alert_engine_restarts"] = alert_restarts
+        summary["alert_engine_restarts"] = alerts.restarts
         (out_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         click.echo(json.dumps(summary, indent=2))
         click.echo(f"\nplot: {out_dir / 'demo-risk.png'}   logs: {logs}")
@@ -255,9 +285,7 @@ def demo(per_dataset: int | None, timeout_s: int, keep_services: bool, settings:
         if seen < sent:
             raise click.ClickException(f"only {seen} of {sent} documents became searchable within {timeout_s} s")
     finally:
-        _stop(alerts, "alert engine")
-        _stop(worker, "worker")
-        worker_log.close()
-        alerts_log.close()
+        alerts.stop()
+        worker.stop()
         if not keep_services:
             _run(_cli("services", "down"), env)
