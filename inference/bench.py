@@ -519,9 +519,17 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         body = {"id": doc_id, "channel": "news", "source": "bench", "text": text}
         producer.send(s.topic_raw, key=doc_id.encode(), value=json.dumps(body).encode())
 
+    shards_ready = False
+
     def count() -> int:
-        if not es.indices.exists_alias(name=s.es_docs_alias):
-            return 0
+        nonlocal shards_ready
+        if not shards_ready:
+            # the worker creates the index; its alias exists a moment before the primary shard has started, and a
+            # search in between is answered 503 (no shard available), so wait for the shard first
+            if not es.indices.exists_alias(name=s.es_docs_alias):
+                return 0
+            es.cluster.health(index=s.es_docs_alias, wait_for_status="yellow", timeout="60s")
+            shards_ready = True
         return int(es.count(index=s.es_docs_alias)["count"])
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
