@@ -41,6 +41,7 @@ from alerts.rules import Evaluator, Rule, event_time, load_rules_file
 from alerts.settings import AlertSettings
 from riskstream.db import Database
 from riskstream.es import make_client
+from riskstream.kafka_client import client_options, faust_credentials
 from schemas.es import ensure_templates, index_for
 from schemas.records import Alert, DeadLetter, ScoredDocument
 from schemas.topics import ensure_configured
@@ -72,7 +73,7 @@ def broker_url(bootstrap: str) -> str:
 
 
 def read_offsets(
-    bootstrap: str, topic: str, partition: int, start: int, stop: int, *, timeout: float = 60.0
+    client: dict[str, Any], topic: str, partition: int, start: int, stop: int, *, timeout: float = 60.0
 ) -> list[Any]:
     """The records of ``topic[partition]`` at offsets ``start`` to ``stop - 1``, read with a group-less consumer.
 
@@ -83,7 +84,7 @@ def read_offsets(
 
     tp = TopicPartition(topic, partition)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client,  # where and how to connect (riskstream.kafka_client.client_options)
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # below the log start (retention): from what is left
@@ -219,6 +220,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     app = faust.App(
         settings.alerts_app_id,
         broker=broker_url(settings.kafka_bootstrap),
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         topic_partitions=partitions,
@@ -308,7 +310,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         ):
             with attempt:
                 return await in_thread(
-                    partial(read_offsets, settings.kafka_bootstrap, topic, partition, missing.start, missing.stop)
+                    partial(read_offsets, client_options(settings), topic, partition, missing.start, missing.stop)
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -489,6 +489,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
     from kafka.admin import KafkaAdminClient
 
     from riskstream.es import make_client
+    from riskstream.kafka_client import client_options, security_options
     from schemas.topics import ensure_topics
 
     run_id = uuid.uuid4().hex[:8]
@@ -511,9 +512,10 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
         [s.topic_raw, s.topic_scored, s.topic_dlq],
         partitions=3,
         replication=s.kafka_topic_replication,
+        security=security_options(s),
     )
     es = make_client(s)
-    producer = KafkaProducer(bootstrap_servers=s.kafka_bootstrap.split(","), acks="all", linger_ms=5)
+    producer = KafkaProducer(**client_options(s), acks="all", linger_ms=5)
 
     def send(doc_id: str, text: str) -> None:
         body = {"id": doc_id, "channel": "news", "source": "bench", "text": text}
@@ -622,7 +624,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
                     es.options(ignore_status=404).indices.delete(index=index)
             es.options(ignore_status=404).indices.delete_index_template(name=alias)
         worker_log.close()
-        admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap.split(","))
+        admin = KafkaAdminClient(**client_options(s))
         admin.delete_topics([s.topic_raw, s.topic_scored, s.topic_dlq])
         admin.close()
 

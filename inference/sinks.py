@@ -122,11 +122,12 @@ class EsBulkSink:
 class KafkaOut:
     """Idempotent producer (acks=all) for scored documents and dead letters; ``flush`` checks every send."""
 
-    def __init__(self, bootstrap: str, *, client_id: str = "riskstream-worker", **overrides: Any) -> None:
+    def __init__(self, client: dict[str, Any], *, client_id: str = "riskstream-worker", **overrides: Any) -> None:
+        """``client``: where and how to connect (``riskstream.kafka_client.client_options``)."""
         from kafka import KafkaProducer
 
         config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap.split(","),
+            **client,
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,

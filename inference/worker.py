@@ -186,6 +186,7 @@ class Worker:
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+        from riskstream.kafka_client import client_options
         from schemas.es import ensure_templates
         from schemas.topics import ensure_configured
 
@@ -203,7 +204,7 @@ class Worker:
                 worker._on_assigned(assigned)
 
         self.consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            **client_options(self.settings),
             group_id=self.settings.group_id,
             client_id=f"riskstream-worker-{self.settings.group_id}",
             enable_auto_commit=False,
@@ -217,7 +218,7 @@ class Worker:
             if self._stop.wait(0.5):
                 break
         self.consumer.subscribe([self.settings.topic_raw], listener=Listener())
-        self.out = KafkaOut(self.settings.kafka_bootstrap)
+        self.out = KafkaOut(client_options(self.settings))
 
     def run(self) -> None:
         self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)

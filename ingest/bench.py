@@ -25,6 +25,7 @@ from ingest.publisher import KafkaPublisher, encode
 from ingest.replay import replay, replay_documents
 from ingest.settings import IngestSettings
 from riskstream.cliutil import echo_json, with_settings
+from riskstream.kafka_client import security_options
 from schemas.records import DeadLetter, RawDocument
 from schemas.topics import ensure_topics
 
@@ -65,7 +66,13 @@ def bench_ingest(  # noqa: PLR0917 - click passes every option positionally by n
     seed = settings.require_seed_data()
     topic = topic or f"riskstream.bench.ingest.{uuid.uuid4().hex[:8]}"
     # three partitions whatever the settings say: runs stay comparable
-    ensure_topics(settings.kafka_bootstrap, [topic], partitions=3, replication=settings.kafka_topic_replication)
+    ensure_topics(
+        settings.kafka_bootstrap,
+        [topic],
+        partitions=3,
+        replication=settings.kafka_topic_replication,
+        security=security_options(settings),
+    )
     results: list[dict[str, object]] = []
 
     def run(

@@ -23,6 +23,7 @@ from kafka.codec import has_lz4, has_zstd
 from kafka.errors import KafkaError
 
 from ingest.settings import IngestSettings
+from riskstream.kafka_client import client_options
 from schemas.records import DeadLetter, RawDocument
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class KafkaPublisher:
         self.timeout_s = settings.publish_timeout_s + 5.0  # waits outlive the producer's own delivery timeout
         delivery_ms = max(2_000 + settings.linger_ms, int(settings.publish_timeout_s * 1000))
         self._producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            **client_options(settings),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,

@@ -119,13 +119,47 @@ class KafkaService(Service):
         return f"{self.host}:{self.port}"
 
     def ports(self) -> dict[str, int]:
-        return {"client": self.port, "controller": self.controller_port}
+        ports = {"client": self.port, "controller": self.controller_port}
+        if self.settings.kafka_sasl_port:
+            ports["sasl"] = self.settings.kafka_sasl_port
+        return ports
 
     def probe(self, timeout: float = 2.0) -> Health:
         return probe_kafka(self.address, timeout)
 
+    def _sasl_properties(self) -> dict[str, str]:
+        """The optional SASL_PLAINTEXT listener's settings: PLAIN, one user (the configured SASL credentials)."""
+        user, password = self.settings.kafka_sasl_username, self.settings.kafka_sasl_password
+        if not user or password is None:
+            raise ServiceError(
+                self.name,
+                "kafka_sasl_port is set but kafka_sasl_username / kafka_sasl_password are not",
+                "set RISKSTREAM_KAFKA_SASL_USERNAME and RISKSTREAM_KAFKA_SASL_PASSWORD, or unset kafka_sasl_port",
+            )
+
+        secret = password.get_secret_value()
+        # server.properties unescapes backslashes and JAAS ends a value at a quote: keep both out
+        if not user.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ServiceError(self.name, f"SASL user name {user!r} is not [A-Za-z0-9._-]+", "choose a simpler name")
+        if any(c in secret for c in '"\\\n\r'):
+            raise ServiceError(
+                self.name, "the SASL password contains a quote, backslash or line break", "choose another password"
+            )
+        jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{user}="{secret}";'
+        return {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+        }
+
     def properties(self) -> dict[str, str]:
         listener = f"PLAINTEXT://{self.host}:{self.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        extra: dict[str, str] = {}
+        if self.settings.kafka_sasl_port:
+            listener += f",SASL_PLAINTEXT://{self.host}:{self.settings.kafka_sasl_port}"
+            protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            extra = self._sasl_properties()
         return {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -134,7 +168,8 @@ class KafkaService(Service):
             "advertised.listeners": listener,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
+            **extra,
             "log.dirs": str(self.data),
             # one node: every internal topic has a single replica
             "offsets.topic.replication.factor": "1",
@@ -161,6 +196,8 @@ class KafkaService(Service):
         self.root.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
         lines = [f"{k}={v}" for k, v in self.properties().items()]
+        self.config.touch(mode=0o600)  # it may hold the SASL listener's password
+        self.config.chmod(0o600)
         self.config.write_text("# written by riskstream services up\n" + "\n".join(lines) + "\n", encoding="utf-8")
         (self.root / "log4j.properties").write_text(LOG4J, encoding="utf-8")
         if not (self.data / "meta.properties").exists():

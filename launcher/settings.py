@@ -37,6 +37,12 @@ class LauncherSettings(CommonSettings):
         default="512m",
         description="Kafka JVM heap (-Xms = -Xmx). More absorbs bigger batches; less leaves RAM for models.",
     )
+    kafka_sasl_port: int | None = Field(
+        default=None,
+        description="Also open a SASL_PLAINTEXT listener (mechanism PLAIN) on this loopback port, accepting the "
+        "user kafka_sasl_username with kafka_sasl_password: for trying the secured-cluster settings against the "
+        "local broker (tests do). The client listener on kafka_bootstrap stays PLAINTEXT.",
+    )
     es_heap: str = Field(
         default="512m",
         description="Elasticsearch JVM heap (-Xms = -Xmx, pinned). 512m holds a dev corpus; raise it for "

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RISKSTREAM_"
@@ -57,6 +57,21 @@ class CommonSettings(BaseSettings):
         ge=1,
         description="Replication factor of a topic riskstream creates; 3 on a production cluster.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every riskstream Kafka client talks to the brokers: PLAINTEXT (the local broker), SSL "
+        "(TLS), SASL_SSL (TLS and a username/password: the usual production cluster) or SASL_PLAINTEXT.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism for the SASL_* protocols."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL username (SASL_* protocols).")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (SASL_* protocols).")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA that signed the brokers' certificates (SSL and SASL_SSL); default: the "
+        "system's trust store. Broker host names are always verified.",
+    )
     es_url: str = Field(
         default="http://127.0.0.1:9200",
         description="Elasticsearch URL. `services up` starts a node on this address.",
@@ -94,7 +109,18 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"unknown log level {value!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
         return level
 
-    @field_validator("data_dir", "seed_data", "cache_dir", mode="after")
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> CommonSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_username and "
+                "kafka_sasl_password (RISKSTREAM_KAFKA_SASL_USERNAME / RISKSTREAM_KAFKA_SASL_PASSWORD)"
+            )
+        return self
+
+    @field_validator("data_dir", "seed_data", "cache_dir", "kafka_ssl_cafile", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None

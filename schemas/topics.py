@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError, for_code
+from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+
+from riskstream.kafka_client import KafkaConnection, security_options
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,9 @@ class TopicSetupError(RuntimeError):
     """A topic the process needs is missing and cannot be created (the broker's reason is in the message)."""
 
 
-class TopicSettings(Protocol):
+class TopicSettings(KafkaConnection, Protocol):
     """What topic set-up reads from a process's settings (``riskstream.settings.CommonSettings`` has it)."""
 
-    kafka_bootstrap: str
     kafka_topic_partitions: int
     kafka_topic_replication: int
 
@@ -48,19 +49,32 @@ def ensure_topics(
     partitions: int,
     replication: int,
     timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> list[TopicState]:
     """Create the topics of ``names`` that do not exist and wait until every partition of each has a leader.
 
     Returns each topic's partition count and whether this call created it. Raises :class:`TopicSetupError` with
-    the broker's reason when a missing topic cannot be created (the principal may not create topics, the
-    replication factor exceeds the brokers) or its partitions have no leader within ``timeout_s``.
+    the broker's reason when the cluster cannot be reached or refuses the connection (``security``: the
+    kafka-python options of ``riskstream.kafka_client.security_options``), when a missing topic cannot be created
+    (the principal may not create topics, the replication factor exceeds the brokers) or when its partitions have
+    no leader within ``timeout_s``.
     """
     wanted = list(dict.fromkeys(n for n in names if n))
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","),
-        client_id="riskstream-topics",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
+    security = dict(security or {})
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="riskstream-topics",
+            request_timeout_ms=int(timeout_s * 1000),
+            **security,
+        )
+    except KafkaError as exc:  # unreachable, or refused: wrong protocol or credentials
+        protocol = security.get("security_protocol", "PLAINTEXT")
+        raise TopicSetupError(
+            f"cannot connect to Kafka at {bootstrap} over {protocol}: {exc}. Check kafka_bootstrap and the "
+            "kafka_security_protocol / kafka_sasl_* / kafka_ssl_cafile settings; the client's log lines above "
+            "carry the broker's answer (an authentication failure is logged there)"
+        ) from exc
     try:
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]
@@ -114,4 +128,5 @@ def ensure_configured(settings: TopicSettings, names: Iterable[str]) -> list[Top
         names,
         partitions=settings.kafka_topic_partitions,
         replication=settings.kafka_topic_replication,
+        security=security_options(settings),
     )

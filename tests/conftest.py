@@ -9,7 +9,10 @@ Fixtures (no others are registered here; put area-only fixtures in ``tests/<area
     Otherwise the launcher (the same code as ``riskstream services up``) starts Kafka and Elasticsearch on
     free loopback ports in a temporary directory, and stops them at the end of the session.
     ``pg_admin_url`` stays None until a test asks for ``pg_url`` (PostgreSQL starts lazily, see below), unless
-    ``RISKSTREAM_TEST_PG_URL`` names a running server.
+    ``RISKSTREAM_TEST_PG_URL`` names a running server. The broker the tests start also has a SASL_PLAINTEXT
+    listener (``kafka_sasl_bootstrap``, with ``kafka_sasl_username`` / ``kafka_sasl_password``); with a running
+    stack, ``RISKSTREAM_TEST_KAFKA_SASL_BOOTSTRAP`` / ``_USERNAME`` / ``_PASSWORD`` name one (the SASL tests skip
+    without).
 
 ``postgres_stack`` (session)
     Starts PostgreSQL in the same stack on first use (or uses ``RISKSTREAM_TEST_PG_URL``); returns the admin URL.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -59,6 +63,10 @@ class StackInfo:
     data_dir: Path
     pg_admin_url: str | None = None
     launched: Any = None  # the launcher.stack.Stack when this session started the services
+    # the broker's SASL_PLAINTEXT listener (PLAIN) and its one user, when the stack in use has one
+    kafka_sasl_bootstrap: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
 
 
 def _launcher_settings(data_dir: Path, **overrides: Any) -> Any:
@@ -67,9 +75,13 @@ def _launcher_settings(data_dir: Path, **overrides: Any) -> Any:
 
     kafka_port = free_port()
     es_port = free_port(avoid={kafka_port})
+    sasl_port = free_port(avoid={kafka_port, es_port})
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
+        "kafka_sasl_port": sasl_port,
+        "kafka_sasl_username": "riskstream-test",
+        "kafka_sasl_password": secrets.token_urlsafe(16),
         "es_url": f"http://127.0.0.1:{es_port}",
         "database_url": None,
         "services": "kafka,elasticsearch",
@@ -100,7 +112,15 @@ def stack() -> Iterator[StackInfo]:
                     "to let the tests start their own",
                     pytrace=False,
                 )
-        yield StackInfo(kafka_bootstrap=kafka, es_url=es, data_dir=Path(tempfile.gettempdir()), pg_admin_url=pg)
+        yield StackInfo(
+            kafka_bootstrap=kafka,
+            es_url=es,
+            data_dir=Path(tempfile.gettempdir()),
+            pg_admin_url=pg,
+            kafka_sasl_bootstrap=os.environ.get("RISKSTREAM_TEST_KAFKA_SASL_BOOTSTRAP"),
+            kafka_sasl_username=os.environ.get("RISKSTREAM_TEST_KAFKA_SASL_USERNAME"),
+            kafka_sasl_password=os.environ.get("RISKSTREAM_TEST_KAFKA_SASL_PASSWORD"),
+        )
         return
     from launcher.stack import Stack
 
@@ -108,12 +128,16 @@ def stack() -> Iterator[StackInfo]:
     data_dir = Path(tempfile.mkdtemp(prefix="riskstream-test-stack-"))
     data_dir.chmod(0o755)
     launched = Stack(_launcher_settings(data_dir))
+    s = launched.settings
     info = StackInfo(
-        kafka_bootstrap=launched.settings.kafka_bootstrap,
-        es_url=launched.settings.es_url,
+        kafka_bootstrap=s.kafka_bootstrap,
+        es_url=s.es_url,
         data_dir=data_dir,
         pg_admin_url=pg,
         launched=launched,
+        kafka_sasl_bootstrap=f"127.0.0.1:{s.kafka_sasl_port}",
+        kafka_sasl_username=s.kafka_sasl_username,
+        kafka_sasl_password=s.kafka_sasl_password.get_secret_value(),
     )
     try:
         launched.up(["kafka", "elasticsearch"])

@@ -1,0 +1,87 @@
+"""The settings as Kafka client options, in one place, for every kafka-python client and for faust (aiokafka).
+
+A local broker takes PLAINTEXT; a production cluster usually wants TLS and a SASL username and password
+(``kafka_security_protocol`` and friends in :class:`riskstream.settings.CommonSettings`). Every producer,
+consumer and admin client riskstream opens takes its options from :func:`client_options`, and the alert engine's
+faust app its credentials from :func:`faust_credentials`, so a process cannot connect one way for one topic and
+another way for the next.
+
+The returned values hold the password in clear: pass them to the client, never log them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+
+class KafkaConnection(Protocol):
+    """What a Kafka client reads from a process's settings (``CommonSettings`` has it; read-only here)."""
+
+    @property
+    def kafka_bootstrap(self) -> str: ...
+    @property
+    def kafka_security_protocol(self) -> str: ...
+    @property
+    def kafka_sasl_mechanism(self) -> str: ...
+    @property
+    def kafka_sasl_username(self) -> str | None: ...
+    @property
+    def kafka_sasl_password(self) -> SecretStr | None: ...
+    @property
+    def kafka_ssl_cafile(self) -> Path | None: ...
+
+
+def uses_tls(settings: KafkaConnection) -> bool:
+    return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+
+def uses_sasl(settings: KafkaConnection) -> bool:
+    return settings.kafka_security_protocol.startswith("SASL_")
+
+
+def security_options(settings: KafkaConnection) -> dict[str, Any]:
+    """kafka-python options for encryption and authentication (everything but the bootstrap servers)."""
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if uses_sasl(settings):
+        password = settings.kafka_sasl_password
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password is not None else None,
+        )
+    if uses_tls(settings):
+        options["ssl_check_hostname"] = True
+        if settings.kafka_ssl_cafile is not None:
+            options["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    return options
+
+
+def client_options(settings: KafkaConnection) -> dict[str, Any]:
+    """kafka-python options to reach the configured cluster: bootstrap servers plus :func:`security_options`."""
+    return {"bootstrap_servers": settings.kafka_bootstrap.split(","), **security_options(settings)}
+
+
+def faust_credentials(settings: KafkaConnection) -> Any | None:
+    """faust ``broker_credentials`` for the configured protocol (None for PLAINTEXT)."""
+    import faust
+
+    context: ssl.SSLContext | None = None
+    if uses_tls(settings):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile is not None else None
+        context = ssl.create_default_context(cafile=cafile)  # verifies the certificate and the host name
+    if uses_sasl(settings):
+        password = settings.kafka_sasl_password
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password is not None else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+        return credentials
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
