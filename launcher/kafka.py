@@ -136,7 +136,6 @@ class KafkaService(Service):
                 "kafka_sasl_port is set but kafka_sasl_username / kafka_sasl_password are not",
                 "set RISKSTREAM_KAFKA_SASL_USERNAME and RISKSTREAM_KAFKA_SASL_PASSWORD, or unset kafka_sasl_port",
             )
-
         secret = password.get_secret_value()
         # server.properties unescapes backslashes and JAAS ends a value at a quote: keep both out
         if not user.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -43,15 +43,19 @@ def uses_sasl(settings: KafkaConnection) -> bool:
     return settings.kafka_security_protocol.startswith("SASL_")
 
 
+def _password(settings: KafkaConnection) -> str | None:
+    password = settings.kafka_sasl_password
+    return password.get_secret_value() if password is not None else None
+
+
 def security_options(settings: KafkaConnection) -> dict[str, Any]:
     """kafka-python options for encryption and authentication (everything but the bootstrap servers)."""
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if uses_sasl(settings):
-        password = settings.kafka_sasl_password
         options.update(
             sasl_mechanism=settings.kafka_sasl_mechanism,
             sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=password.get_secret_value() if password is not None else None,
+            sasl_plain_password=_password(settings),
         )
     if uses_tls(settings):
         options["ssl_check_hostname"] = True
@@ -74,14 +78,12 @@ def faust_credentials(settings: KafkaConnection) -> Any | None:
         cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile is not None else None
         context = ssl.create_default_context(cafile=cafile)  # verifies the certificate and the host name
     if uses_sasl(settings):
-        password = settings.kafka_sasl_password
-        credentials = faust.SASLCredentials(
+        return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password is not None else None,
+            password=_password(settings),
             mechanism=settings.kafka_sasl_mechanism,
             ssl_context=context,
         )
-        return credentials
     if context is not None:
         return faust.SSLCredentials(context)
     return None
