@@ -115,6 +115,7 @@ def _evaluate_version(
             raise click.ClickException(str(exc)) from exc
         logits, labels = score_examples(
             bundle.model, bundle.tokenizer, rows, task, max_length=bundle.manifest.max_length,
+            normalization=bundle.manifest.text_normalization,
             batch_size=settings.eval_batch_size, progress=True, desc=f"{name}/{split}",
         )  # fmt: skip
         m = metrics_from_logits(logits, labels, spec.labels, spec.temperature)

@@ -128,6 +128,7 @@ def evaluate_on_dev(
     dev: dict[str, list[Example]],
     *,
     max_length: int,
+    normalization: str,
     batch_size: int,
     calibrate: bool,
     progress: bool = True,
@@ -146,6 +147,7 @@ def evaluate_on_dev(
             rows,
             task,
             max_length=max_length,
+            normalization=normalization,
             batch_size=batch_size,
             progress=progress,
             desc=f"{desc} {name}",
@@ -247,7 +249,8 @@ def run_pipeline(
             result = train(eff, data, should_stop=should_stop, progress=progress, max_steps=max_steps)
             temperatures, dev_metrics = evaluate_on_dev(
                 result.model, result.tokenizer, data.specs, data.dev,
-                max_length=eff.max_length, batch_size=eff.eval_batch_size, calibrate=True, progress=progress,
+                max_length=eff.max_length, normalization=eff.text_normalization, batch_size=eff.eval_batch_size,
+                calibrate=True, progress=progress,
             )  # fmt: skip
             specs = {
                 task: TaskSpec(s.name, s.channel, s.kind, s.labels, temperatures[task])
@@ -262,7 +265,8 @@ def run_pipeline(
                 if k
                 in {
                     "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "warmup_ratio", "max_length",
-                    "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings", "freeze_layers",
+                    "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
+                    "freeze_layers",
                     "task_sampling_temperature", "task_weight_multipliers", "dropout", "seed", "include_db_labels",
                 }
             }  # fmt: skip
@@ -284,6 +288,7 @@ def run_pipeline(
                 base_model=base_model,
                 tasks=specs,
                 max_length=eff.max_length,
+                text_normalization=eff.text_normalization,
                 extra={"data_fingerprint": data.fingerprint, "config": config},
             )
             digest = save_bundle(result.model, result.tokenizer, manifest, bundle_root / "bundle")
@@ -302,7 +307,8 @@ def run_pipeline(
                     dev_rows = {n: r for n, r in data.dev.items() if DATASETS[n].task in comparable}
                     _, champ_metrics = evaluate_on_dev(
                         champ.model, champ.tokenizer, comparable, dev_rows,
-                        max_length=champ.manifest.max_length, batch_size=eff.eval_batch_size, calibrate=False,
+                        max_length=champ.manifest.max_length, normalization=champ.manifest.text_normalization,
+                        batch_size=eff.eval_batch_size, calibrate=False,
                         progress=progress, desc="champion dev",
                     )  # fmt: skip
                     champion_dev = _gate_view(champ_metrics)

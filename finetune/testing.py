@@ -63,6 +63,7 @@ def tiny_bundle(
         base_model=str(settings.resolved_base_model()),
         tasks=specs,
         max_length=settings.max_length,
+        text_normalization=settings.text_normalization,
         extra={"data_fingerprint": data.fingerprint, "tiny": True},
     )
     digest = save_bundle(result.model, result.tokenizer, manifest, path)

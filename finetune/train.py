@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from finetune.data import DATASETS, Example, TrainingData
 from finetune.settings import FinetuneSettings
-from riskstream.modeling import MultiTaskModel, build_untrained
+from riskstream.modeling import MultiTaskModel, build_untrained, normalize_texts
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ def freeze(model: MultiTaskModel, *, embeddings: bool, layers: int) -> int:
     return frozen
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, normalization: str) -> list[list[int]]:
+    """Token ids of ``texts`` after the text normalization (see ``riskstream.modeling.normalize_text``)."""
+    texts = normalize_texts(texts, normalization)
     out: list[list[int]] = []
     for start in range(0, len(texts), 2048):
         enc = tokenizer(list(texts[start : start + 2048]), truncation=True, max_length=max_length)
@@ -229,7 +231,8 @@ def train(
     model.train()
 
     encoded = {
-        task: tokenize(tokenizer, [ex.text for ex in rows], settings.max_length) for task, rows in data.train.items()
+        task: tokenize(tokenizer, [ex.text for ex in rows], settings.max_length, settings.text_normalization)
+        for task, rows in data.train.items()
     }
     labels = {task: [ex.label for ex in rows] for task, rows in data.train.items()}
     sizes = {task: len(rows) for task, rows in data.train.items()}
@@ -342,6 +345,7 @@ def predict_logits(
     task: str,
     *,
     max_length: int,
+    normalization: str,
     batch_size: int = 128,
     progress: bool = False,
     desc: str = "score",
@@ -349,7 +353,7 @@ def predict_logits(
     """Raw logits of one head for ``texts`` (length-sorted batches, original order restored), float32 on CPU."""
     model.eval()
     device = next(model.parameters()).device
-    ids = tokenize(tokenizer, texts, max_length)
+    ids = tokenize(tokenizer, texts, max_length, normalization)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     head = model.heads[task]
     assert isinstance(head, nn.Linear)

@@ -133,8 +133,10 @@ def make_pipeline(bundle: Any, task: str) -> Any:
             return {}, {}, {}
 
         def preprocess(self, text: str) -> dict[str, Any]:
+            # the bundle's text normalization, as the engine applies it: both sides do the same work
+            prepared = bundle.prepare([text])[0]
             return dict(
-                self.tokenizer(text, truncation=True, max_length=bundle.manifest.max_length, return_tensors="pt")
+                self.tokenizer(prepared, truncation=True, max_length=bundle.manifest.max_length, return_tensors="pt")
             )
 
         def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def run_inference_bench(
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
     bundle = _load_bundle(settings)
     cfg = bundle.model.encoder.config
-    enc = bundle.tokenizer(texts, truncation=True, max_length=bundle.manifest.max_length)
+    enc = bundle.tokenizer(bundle.prepare(texts), truncation=True, max_length=bundle.manifest.max_length)
     lengths = [len(x) for x in enc["input_ids"]]
     real_tokens = sum(lengths)
     mean_seq = real_tokens / len(texts)

@@ -229,7 +229,7 @@ class Engine:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         enc = self.tokenizer(
-            list(texts),
+            self.bundle.prepare(texts),
             truncation=True,
             max_length=self.max_length,
             padding=False,

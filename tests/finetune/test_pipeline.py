@@ -40,7 +40,8 @@ def _register(db: Database, bundle: Path, version: str, seed: Path, data_dir: Pa
     loaded = load_bundle(bundle)
     data = load_training_data(seed)
     _, metrics = evaluate_on_dev(
-        loaded.model, loaded.tokenizer, loaded.manifest.tasks, data.dev, max_length=32, batch_size=64,
+        loaded.model, loaded.tokenizer, loaded.manifest.tasks, data.dev, max_length=32,
+        normalization=loaded.manifest.text_normalization, batch_size=64,
         calibrate=False, progress=False,
     )  # fmt: skip
     dev = {n: {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "n": m["n"]} for n, m in metrics.items()}

@@ -33,7 +33,7 @@ def _tasks() -> dict[str, TaskSpec]:
     }
 
 
-def make_bundle(path: Path, version: str, seed: int = 0) -> str:
+def make_bundle(path: Path, version: str, seed: int = 0, text_normalization: str = "none") -> str:
     """An untrained bundle whose heads are scaled up so predictions are confident and differ by seed."""
     torch.manual_seed(seed)
     model, tokenizer = build_untrained(default_base_model(), _tasks())
@@ -43,7 +43,13 @@ def make_bundle(path: Path, version: str, seed: int = 0) -> str:
     return save_bundle(
         model,
         tokenizer,
-        BundleManifest(version=version, base_model="all-MiniLM-L6-v2", tasks=_tasks(), max_length=128),
+        BundleManifest(
+            version=version,
+            base_model="all-MiniLM-L6-v2",
+            tasks=_tasks(),
+            max_length=128,
+            text_normalization=text_normalization,
+        ),
         path,
     )
 

@@ -133,3 +133,28 @@ def test_the_compiled_engine_answers_like_the_eager_one(
         assert abs(a.sentiment.score - b.sentiment.score) < 1e-3
     int8 = Engine(load_bundle(bundle_v1[0]), place("cpu", "int8", 2), compile=True)
     assert not int8.compiled  # quantized kernels are not compiled: the setting is ignored with a warning
+
+
+def test_the_engine_reads_texts_as_the_bundle_was_trained_to(bundle_v1: tuple[Path, str], tmp_path: Path) -> None:
+    """A bundle trained with the "reader" normalization sees a link as its host: two tweets that differ only in
+    their t.co id score the same, in the engine and in the reference prediction. A bundle without it (bundle_v1,
+    "none") sees the raw ids, so the same pair scores differently there."""
+    from tests.inference.conftest import make_bundle
+
+    pair = [
+        "Acme beats estimates, raises outlook https://t.co/Q7xLp2ZkA9 &amp; more",
+        "Acme beats estimates, raises outlook https://t.co/b3RtW8mNcY & more",
+    ]
+    make_bundle(tmp_path / "reader", "test-reader", 1, text_normalization="reader")
+    reader = load_bundle(tmp_path / "reader")
+    assert reader.manifest.text_normalization == "reader"
+    raw = load_bundle(bundle_v1[0])
+    assert raw.manifest.text_normalization == "none"
+    for bundle, same in ((reader, True), (raw, False)):
+        out = Engine(bundle, place("cpu", "fp32", 2)).score(pair, ["news", "news"])
+        a, b = out[0].sentiment.probs, out[1].sentiment.probs
+        assert a is not None and b is not None
+        gap = max([abs(a[k] - b[k]) for k in a] + [abs(out[0].topic.score - out[1].topic.score)])
+        assert (gap < 1e-6) is same, (bundle.version, gap)
+    ref = reader.predict(pair, "news")
+    assert ref[0]["news_topic"] == pytest.approx(ref[1]["news_topic"], abs=1e-6)
