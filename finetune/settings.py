@@ -28,8 +28,8 @@ class FinetuneSettings(CommonSettings):
         default=3.0,
         gt=0,
         description="Passes over the training rows planned (fractional allowed). More epochs raise accuracy; one "
-        "costs ~19 minutes on an idle 2-core CPU for all four heads, so there the time budget (max_train_minutes) "
-        "ends training first, at ~1.3 epochs; on a GPU all three run.",
+        "costs ~16 minutes on an idle 2-core CPU for all four heads, so there the time budget (max_train_minutes) "
+        "ends training first, at ~1.6 epochs; on a GPU all three run.",
     )
     max_train_minutes: float | None = Field(
         default=25.0,
