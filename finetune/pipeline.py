@@ -266,8 +266,8 @@ def run_pipeline(
                 in {
                     "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "warmup_ratio", "max_length",
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
-                    "freeze_layers", "task_sampling_temperature", "task_weight_multipliers", "max_passes", "dropout",
-                    "seed", "include_db_labels",
+                    "freeze_layers",
+                    "task_sampling_temperature", "task_weight_multipliers", "dropout", "seed", "include_db_labels",
                 }
             }  # fmt: skip
             config.update(
@@ -281,7 +281,6 @@ def run_pipeline(
                     "label_sets": {t: list(s.labels) for t, s in specs.items()},
                     "train_rows": {t: len(r) for t, r in data.train.items()},
                     "step_shares": result.step_shares,
-                    "passes": result.passes,
                 }
             )
             manifest = BundleManifest(

@@ -102,13 +102,6 @@ class FinetuneSettings(CommonSettings):
         "a value given replaces the whole default. A task at 0 is not trained and keeps its untrained head; a "
         "dataset at 0 is left out of its head's training.",
     )
-    max_passes: dict[str, float] = Field(
-        default_factory=dict,
-        description='Cap on the passes over a dataset\'s training rows (dataset or "analyst" -> passes, e.g. '
-        '{"financial_phrasebank": 2}): once served, the dataset leaves the draw and the others share its steps. '
-        "For long runs (GPU, --max-train-minutes 0), where a small set is seen many times and its head over-fits "
-        "it. Default: no cap.",
-    )
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout before the heads.")
     seed: int = Field(default=42, description="Random seed (sampling, initialisation, subsampling).")
     device: str = Field(

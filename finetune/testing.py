@@ -31,7 +31,6 @@ def tiny_settings(seed_data: Path, data_dir: Path, **overrides: object) -> Finet
         "head_lr": 2e-3,
         "task_sampling_temperature": 2.0,
         "task_weight_multipliers": {"cs_sentiment": 0.5},
-        "max_passes": {},
         "text_normalization": "reader",
         "max_length": 32,
         "eval_batch_size": 64,

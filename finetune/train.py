@@ -47,7 +47,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     precision: str = "fp32"
     step_shares: dict[str, float] = field(default_factory=dict)  # "<task>/<dataset>" -> share of the steps
-    passes: dict[str, float] = field(default_factory=dict)  # "<task>/<dataset>" -> passes over its rows served
 
 
 def seed_everything(seed: int) -> None:
@@ -184,53 +183,6 @@ def sampling_weights(
     return {key: w / total for key, w in raw.items()}
 
 
-class StreamDraw:
-    """Which stream each training step takes its batch from: drawn by weight, and a dataset with a pass cap
-    (``max_passes``: dataset -> passes over its rows) leaves the draw once it has served that many passes; the
-    other streams' weights then share its part. Without caps the draws are exactly ``rng.choices`` by weight."""
-
-    def __init__(
-        self,
-        weights: dict[tuple[str, str], float],
-        sizes: dict[tuple[str, str], int],
-        max_passes: dict[str, float],
-        rng: random.Random,
-    ) -> None:
-        self._keys = sorted(weights)
-        self._probs = [weights[key] for key in self._keys]
-        self._limits = {key: max_passes[key[1]] * sizes[key] for key in self._keys if key[1] in max_passes}
-        self._served = dict.fromkeys(self._keys, 0)
-        self._rng = rng
-
-    @property
-    def exhausted(self) -> bool:
-        return not self._keys
-
-    def draw(self) -> tuple[str, str]:
-        return self._rng.choices(self._keys, self._probs)[0]
-
-    def served(self, key: tuple[str, str], rows: int) -> bool:
-        """Count ``rows`` served by ``key``; True when that reached its cap and it left the draw."""
-        self._served[key] += rows
-        limit = self._limits.get(key)
-        if limit is None or self._served[key] < limit or key not in self._keys:
-            return False
-        i = self._keys.index(key)
-        del self._keys[i], self._probs[i]
-        return True
-
-    def passes(self, sizes: dict[tuple[str, str], int]) -> dict[str, float]:
-        """Passes served so far per stream (``task/dataset``), for the registry."""
-        return {f"{task}/{source}": round(n / sizes[(task, source)], 2) for (task, source), n in self._served.items()}
-
-
-def check_pass_caps(max_passes: dict[str, float], streams: Iterable[tuple[str, str]]) -> None:
-    known = {source for _, source in streams} | set(DATASETS) | {"analyst"}
-    unknown = sorted(set(max_passes) - known)
-    if unknown:
-        raise ValueError(f"max_passes names unknown datasets {unknown} (known: {sorted(known)})")
-
-
 def training_progress(step: int, total: int, elapsed: float, budget: float | None) -> float:
     """Fraction of training done: by steps, or by the time budget if that runs out first."""
     by_steps = step / total
@@ -292,9 +244,7 @@ def train(
         absent=SAMPLING_NAMES,
     )
     shares = {f"{task}/{source}": round(w, 4) for (task, source), w in sorted(weights.items())}
-    check_pass_caps(settings.max_passes, streams)
-    stream_sizes = {key: len(rows) for key, rows in streams.items()}
-    draws = StreamDraw(weights, stream_sizes, settings.max_passes, random.Random(settings.seed))
+    rng = random.Random(settings.seed)
     iters = {
         key: _stream_batches(streams[key], encoded[key[0]], settings.batch_size, random.Random(settings.seed + k))
         for k, key in enumerate(sorted(weights))
@@ -320,6 +270,8 @@ def train(
         frozen,
     )
 
+    stream_keys = sorted(weights)
+    stream_probs = [weights[key] for key in stream_keys]
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     stopped_at = total
@@ -342,7 +294,7 @@ def train(
             factor = lr_factor(progress_done, settings.warmup_ratio)
             for group, peak in zip(optimizer.param_groups, peaks, strict=True):
                 group["lr"] = peak * factor
-            key = draws.draw()
+            key = rng.choices(stream_keys, stream_probs)[0]
             task = key[0]
             idx = next(iters[key])
             input_ids, mask = pad([encoded[task][i] for i in idx], pad_id)
@@ -367,12 +319,6 @@ def train(
                 history.append({"step": float(step), **{f"loss/{t}": v for t, v in running.items()}})
                 bar.set_postfix({t.replace("_", ""): f"{v:.3f}" for t, v in running.items()}, refresh=False)
             bar.update(1)
-            if draws.served(key, len(idx)):
-                log.info("%s/%s served its cap of %s passes at step %d", *key, settings.max_passes[key[1]], step)
-                if draws.exhausted:
-                    log.warning("every dataset served its pass cap at step %d/%d: training ends here", step, total)
-                    stopped_at = step + 1
-                    break
     finally:
         bar.close()
     model.eval()
@@ -388,7 +334,6 @@ def train(
         history=history,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         step_shares=shares,
-        passes=draws.passes(stream_sizes),
     )
 
 

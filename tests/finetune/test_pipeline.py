@@ -223,20 +223,3 @@ def test_bad_csv_rows_do_not_stop_a_run(seed_slice: Path, tmp_path: Path) -> Non
     data = load_training_data(seed)
     assert data.stats["cs_sentiment/train"]["empty"] == 1
     assert data.stats["cs_sentiment/train"]["malformed"] == 1
-
-
-def test_a_pass_cap_stops_drawing_a_dataset_and_the_registry_records_its_passes(
-    seed_slice: Path, tmp_path: Path, db: Database
-) -> None:
-    settings = tiny_settings(seed_slice, tmp_path, max_passes={"financial_phrasebank": 1.0}, batch_size=4)
-    summary = run_pipeline(settings, db, max_steps=40, progress=False)
-    with db.session() as session:
-        version = get_version(session, summary["version"])
-        assert version is not None
-        config = version.config
-    assert config["max_passes"] == {"financial_phrasebank": 1.0}
-    passes = config["passes"]
-    # one pass over its rows, never a second; the uncapped datasets went on being drawn
-    assert 1.0 <= passes["news_sentiment/financial_phrasebank"] < 2.0
-    assert passes["news_sentiment/fin_tweets_sentiment"] > 1.0
-    assert config["steps"] == config["planned_steps"]  # the cap ended no training

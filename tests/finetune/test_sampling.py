@@ -8,8 +8,6 @@ from finetune.data import Example
 from finetune.settings import FinetuneSettings
 from finetune.train import (
     SAMPLING_NAMES,
-    StreamDraw,
-    check_pass_caps,
     lr_factor,
     sampling_streams,
     sampling_weights,
@@ -96,46 +94,3 @@ def test_the_schedule_follows_the_time_budget_when_it_runs_out_first() -> None:
     assert training_progress(100, 4525, elapsed=10, budget=None) == pytest.approx(100 / 4525)
     assert lr_factor(0.03, 0.06) == pytest.approx(0.5)
     assert lr_factor(1.0, 0.06) == 0.0
-
-
-def test_without_caps_the_draws_are_the_weighted_draws_of_before() -> None:
-    import random
-
-    weights = sampling_weights(SIZES, 2.0)
-    draws = StreamDraw(weights, SIZES, {}, random.Random(3))
-    keys = sorted(weights)
-    reference = random.Random(3).choices(keys, [weights[k] for k in keys], k=500)
-    got = []
-    for _ in range(500):
-        key = draws.draw()
-        assert not draws.served(key, 32)
-        got.append(key)
-    assert got == reference
-
-
-def test_a_capped_dataset_leaves_the_draw_after_its_passes_and_the_others_take_its_steps() -> None:
-    import random
-
-    sizes = {("news_sentiment", "financial_phrasebank"): 320, ("news_sentiment", "fin_tweets_sentiment"): 3200}
-    draws = StreamDraw(sampling_weights(sizes, 1.0), sizes, {"financial_phrasebank": 2.0}, random.Random(0))
-    phrasebank = ("news_sentiment", "financial_phrasebank")
-    seen = []
-    retired_at = None
-    for step in range(400):
-        key = draws.draw()
-        seen.append(key)
-        if draws.served(key, 32):
-            assert key == phrasebank and retired_at is None
-            retired_at = step
-    assert retired_at is not None
-    # 2 passes over 320 rows = 20 batches of 32, then never again
-    assert seen.count(phrasebank) == 20
-    assert phrasebank not in seen[retired_at + 1 :]
-    assert draws.passes(sizes)["news_sentiment/financial_phrasebank"] == 2.0
-    assert not draws.exhausted
-
-
-def test_a_cap_on_an_unknown_dataset_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match=r"max_passes names unknown datasets \['phrasebank'\]"):
-        check_pass_caps({"phrasebank": 2.0}, SIZES)
-    check_pass_caps({"financial_phrasebank": 2.0, "analyst": 1.0}, SIZES)
