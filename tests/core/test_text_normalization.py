@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from riskstream.modeling import ArtifactError, BundleManifest, TaskSpec, normalize_text, normalize_texts
+from riskstream.modeling import (
+    TEXT_NORMALIZATIONS,
+    ArtifactError,
+    BundleManifest,
+    TaskSpec,
+    normalize_text,
+    normalize_texts,
+)
 
 TASKS = {"news_sentiment": TaskSpec("news_sentiment", "news", "sentiment", ("negative", "neutral", "positive"))}
 
@@ -50,3 +57,12 @@ def test_a_bundle_needing_an_unknown_normalization_is_refused() -> None:
     data["text_normalization"] = "reader-v7"
     with pytest.raises(ArtifactError, match=r"prepares its texts with 'reader-v7'.*upgrade riskstream"):
         BundleManifest.from_json(data)
+
+
+def test_the_setting_offers_exactly_the_normalizations_a_bundle_may_name() -> None:
+    """finetune's settings spell the choices out (importing the model module there would load torch at start-up)."""
+    from typing import get_args
+
+    from finetune.settings import FinetuneSettings
+
+    assert get_args(FinetuneSettings.model_fields["text_normalization"].annotation) == TEXT_NORMALIZATIONS
