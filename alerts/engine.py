@@ -30,13 +30,14 @@ from typing import Any, TypeVar
 
 import faust
 import mode
+from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from alerts import store, webhooks
-from alerts.ledger import OffsetLedger
+from alerts.ledger import Admission, OffsetLedger
 from alerts.rules import Evaluator, Rule, event_time, load_rules_file
 from alerts.settings import AlertSettings
 from riskstream.db import Database
@@ -59,6 +60,10 @@ REDELIVERED = Counter(
 )
 REPAIRED = Counter(
     "riskstream_alerts_read_back_total", "Scored records the stream skipped, read back from the partition and counted."
+)
+DEFERRED = Counter(
+    "riskstream_alerts_deferred_total",
+    "Scored records handed to the agent during a rebalance (state table not restored yet): left for redelivery.",
 )
 OPEN_WINDOWS = Gauge("riskstream_alerts_open_windows", "Windows currently open across all rules and groups.")
 
@@ -120,6 +125,22 @@ class AlertEngine:
         self.muted: set[str] = set()
         self.last_event = time.monotonic()
         self.evaluator: Evaluator | None = None
+        self._admin: Any = None  # kafka-python admin client of the gap check, opened on first use
+
+    def committed_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The engine's consumer group's committed offsets (partitions without one are left out)."""
+        from kafka import KafkaAdminClient, TopicPartition
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**client_options(self.settings), client_id="riskstream-alerts-gap-check")
+        try:
+            group = self.settings.alerts_app_id
+            offsets = self._admin.list_group_offsets({group: [TopicPartition(t, p) for t, p in partitions]})[group]
+        except Exception:
+            self._admin.close()
+            self._admin = None  # reconnect next time
+            raise
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     # ---- rules -------------------------------------------------------------------------------------------------
 
@@ -173,6 +194,8 @@ class AlertEngine:
         )
 
     def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         self.http.close()
         self.es.close()
         self.db.dispose()
@@ -314,6 +337,40 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # The agent and the gap check both count records; the lock keeps them from counting the same offsets twice.
+    counting = asyncio.Lock()
+
+    async def repair(topic: str, partition: int, missing: range, where: str) -> None:
+        """Read ``missing`` back from the partition and count it, in order; the mark moves past the whole range
+        (offsets without a record, such as transaction markers, compaction or retention, included)."""
+        records = await read_back(topic, partition, missing)
+        for record in records:
+            await handle(record.value, record.key, record)
+            ledger.done(topic, partition, record.offset)
+        ledger.done(topic, partition, missing.stop - 1)
+        REPAIRED.inc(len(records))
+        log.warning(
+            "%s[%d] offsets %d-%d were not delivered by the stream: %d record(s) read back from the partition and "
+            "counted %s",
+            topic,
+            partition,
+            missing.start,
+            missing.stop - 1,
+            len(records),
+            where,
+        )
+
+    def log_jump(topic: str, partition: int, verdict: Admission) -> None:
+        log.warning(
+            "%s[%d] jumped from offset %s to %d, more than alerts_gap_repair_max=%d: taken as an offset reset, the "
+            "records in between are not evaluated",
+            topic,
+            partition,
+            verdict.expected,
+            verdict.offset,
+            settings.alerts_gap_repair_max,
+        )
+
     # A crashed agent stops the whole process (non-zero exit) instead of leaving it up with nothing consuming:
     # a supervisor (systemd, Kubernetes, `riskstream demo`) restarts it and the state table's ledger resumes from the
     # committed offsets. faust's default supervisor would restart the agent in place, on a stream that already
@@ -323,44 +380,71 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         async for event in stream.events():
             message = event.message
             topic, partition, offset = message.topic, message.partition, message.offset
-            verdict = ledger.admit(topic, partition, offset)
-            if verdict.kind == "duplicate":
-                REDELIVERED.inc()
-                log.debug(
-                    "offset %s[%d]@%d already counted (next is %s): skipped", topic, partition, offset, verdict.expected
-                )
+            if app.rebalancing:
+                # faust hands over records fetched while the state table is still being restored (faust-streaming
+                # #502). Counted now, they would meet a half-restored table: windows and the ledger mark not yet
+                # there, an event time that then makes the restored windows look late. They are left alone: the
+                # consumer seeks back to the committed offset after the restore and delivers them again, or, if
+                # it commits past them first, the ledger finds the gap (next record, or the gap check).
+                DEFERRED.inc()
+                log.debug("offset %s[%d]@%d arrived during a rebalance: left for redelivery", topic, partition, offset)
                 continue
-            if verdict.kind == "jump":
+            async with counting:
+                verdict = ledger.admit(topic, partition, offset)
+                if verdict.kind == "duplicate":
+                    REDELIVERED.inc()
+                    log.debug(
+                        "offset %s[%d]@%d already counted (next is %s): skipped",
+                        topic,
+                        partition,
+                        offset,
+                        verdict.expected,
+                    )
+                    continue
+                if verdict.kind == "jump":
+                    log_jump(topic, partition, verdict)
+                if verdict.missing:
+                    await repair(topic, partition, verdict.missing, f"before offset {offset}")
+                await handle(event.value, event.key, message)
+                ledger.done(topic, partition, offset)
+
+    if settings.alerts_gap_check > 0:
+        reported_jumps: set[tuple[str, int, int]] = set()
+
+        @app.timer(interval=settings.alerts_gap_check)
+        async def check_gaps() -> None:
+            """Records the group committed past without counting them (dropped by the stream, or left alone during a
+            rebalance) are found by the next record of their partition; on a quiet partition there may be none.
+            So compare the ledger with the committed offsets too, and read back what lies in between."""
+            if app.rebalancing:
+                return
+            partitions = sorted(
+                (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == settings.topic_scored
+            )
+            if not partitions:
+                return
+            try:
+                committed = await in_thread(partial(engine.committed_offsets, partitions))
+            except KafkaError as exc:
                 log.warning(
-                    "%s[%d] jumped from offset %s to %d, more than alerts_gap_repair_max=%d: taken as an offset "
-                    "reset, the records in between are not evaluated",
-                    topic,
-                    partition,
-                    verdict.expected,
-                    offset,
-                    settings.alerts_gap_repair_max,
+                    "gap check: committed offsets unavailable, trying again in %ss: %r", settings.alerts_gap_check, exc
                 )
-            if verdict.missing:
-                records = await read_back(topic, partition, verdict.missing)
-                for record in records:
-                    await handle(record.value, record.key, record)
-                    ledger.done(topic, partition, record.offset)
-                REPAIRED.inc(len(records))
-                log.warning(
-                    "%s[%d] offsets %d-%d were not delivered by the stream: %d record(s) read back from the "
-                    "partition and counted before offset %d",
-                    topic,
-                    partition,
-                    verdict.missing.start,
-                    verdict.missing.stop - 1,
-                    len(records),
-                    offset,
-                )
-            await handle(event.value, event.key, message)
-            ledger.done(topic, partition, offset)
+                return
+            for (topic, partition), offset in sorted(committed.items()):
+                async with counting:
+                    if app.rebalancing:
+                        return
+                    verdict = ledger.admit(topic, partition, offset)
+                    if verdict.kind == "gap":
+                        await repair(topic, partition, verdict.missing, f"(the group had committed offset {offset})")
+                    elif verdict.kind == "jump" and (topic, partition, offset) not in reported_jumps:
+                        reported_jumps.add((topic, partition, offset))
+                        log_jump(topic, partition, verdict)
 
     @app.timer(interval=max(0.5, min(settings.alerts_idle_close, 5.0)))
     async def close_idle() -> None:
+        if app.rebalancing:  # the state table may be half restored
+            return
         if time.monotonic() - engine.last_event >= settings.alerts_idle_close:
             await emit(evaluator().advance(datetime.now(tz=UTC)))
         OPEN_WINDOWS.set(evaluator().open_windows())

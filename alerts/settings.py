@@ -49,6 +49,13 @@ class AlertSettings(CommonSettings):
         "them (a known faust race at restarts and rebalances); a larger jump is taken as a deliberate offset "
         "reset and logged, not repaired. 0 never repairs.",
     )
+    alerts_gap_check: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds between comparisons of the offset ledger with the group's committed offsets: records "
+        "committed past without being counted are read back even when no later record arrives. 0 turns it off "
+        "(gaps are then found by the next record of their partition only).",
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC-SHA256 key that signs webhook bodies (receivers verify with the same key). "

@@ -106,11 +106,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
     return AlertSettings(
-        **settings.model_dump(),
+        **(settings.model_dump() | {"log_level_libraries": "INFO"}),  # faust's rebalance and recovery, in the log
         alerts_app_id=f"rs-alerts-test-{uuid.uuid4().hex[:8]}",
         alerts_lateness=0,
         alerts_idle_close=1,
         alerts_rules_refresh=2,
+        alerts_gap_check=1,
         webhook_secret=SecretStr(SECRET),
         webhook_allow=["127.0.0.1/32"],
         webhook_poll=0.5,
@@ -125,7 +126,7 @@ def engine_log(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "engine.log"
     yield path
     if path.exists():  # shown by pytest only when the test fails
-        print(path.read_text()[-6000:])
+        print(path.read_text()[-15000:])
 
 
 def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSettings, engine_log: Path) -> None:
@@ -342,6 +343,20 @@ def test_a_document_the_stream_skips_is_read_back_and_counted(scenario: RestartS
     alert = scenario.run_until_alert()
     assert alert["doc_count"] == 3 and set(alert["sample_doc_ids"]) == {"a", "b", "c"}
     assert "offsets 2-2 were not delivered by the stream: 1 record(s) read back" in scenario.log.read_text()
+
+
+def test_records_committed_past_with_nothing_after_them_are_read_back(scenario: RestartScenario) -> None:
+    """The group's offset moves past c and z, the last records of the partition: no later record reveals the gap,
+    so the gap check compares the ledger with the committed offset, reads c and z back, and the window fires."""
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2))
+    scenario.run_until_committed(2)
+    scenario.publish(scenario.doc("c", 3), scenario.doc("z", 120))  # offsets 2 and 3
+    _commit(scenario.s, 4)
+    alert = scenario.run_until_alert()
+    assert alert["doc_count"] == 3 and set(alert["sample_doc_ids"]) == {"a", "b", "c"}
+    log = scenario.log.read_text()
+    assert "offsets 2-3 were not delivered by the stream: 2 record(s) read back" in log
+    assert "(the group had committed offset 4)" in log
 
 
 def _commit(s: AlertSettings, offset: int) -> None:
