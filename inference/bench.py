@@ -357,6 +357,8 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
         ]
         if settings.bundle is not None:
             cmd += ["--bundle", str(settings.bundle)]
+        if settings.int8_fp32_modules:  # the same quantized graph as the engine runs above (and its export cache)
+            cmd += ["--int8-fp32-modules", json.dumps(list(settings.int8_fp32_modules))]
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         t = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, capture_output=True)
