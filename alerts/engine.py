@@ -26,10 +26,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
 import mode
+from faust.tables.manager import TableManager
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
@@ -61,9 +62,9 @@ REDELIVERED = Counter(
 REPAIRED = Counter(
     "riskstream_alerts_read_back_total", "Scored records the stream skipped, read back from the partition and counted."
 )
-DEFERRED = Counter(
-    "riskstream_alerts_deferred_total",
-    "Scored records handed to the agent during a rebalance (state table not restored yet): left for redelivery.",
+HELD = Counter(
+    "riskstream_alerts_held_total",
+    "Scored records handed to the agent while its state table was being restored, held until the restore completed.",
 )
 OPEN_WINDOWS = Gauge("riskstream_alerts_open_windows", "Windows currently open across all rules and groups.")
 
@@ -371,6 +372,39 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
             settings.alerts_gap_repair_max,
         )
 
+    async def restored(topic: str, partition: int, offset: int) -> bool:
+        """Hold a record that arrived while the state table is being restored until the restore is complete.
+
+        faust hands over records it fetched during the restore (faust-streaming #502). Counted at once, they would
+        meet a half-restored table: windows and the ledger mark not back yet, and an event time that makes the
+        restored windows look late. Held until the restore completes, they meet the whole table, and the ledger
+        skips them when the consumer seeks back and delivers them again. Only the restore is waited for, not the
+        revocation before it: that waits for the agent's current record, and waiting for it would deadlock.
+        A new rebalance or a stop during the wait interrupts it (False): the record is not counted now, and the
+        ledger finds it as a gap later (the next record of its partition, or the gap check).
+        """
+        recovery = cast(TableManager, app.tables).recovery
+        if not recovery.in_recovery:
+            return True
+        HELD.inc()
+        rebalance = app.rebalancing_count
+        log.debug(
+            "offset %s[%d]@%d arrived during the state restore: held until it completes", topic, partition, offset
+        )
+        while recovery.in_recovery:
+            if app.rebalancing_count != rebalance or app.should_stop:
+                log.warning(
+                    "offset %s[%d]@%d arrived during the state restore, and a %s came first: not counted now, "
+                    "the ledger reads it back as a gap",
+                    topic,
+                    partition,
+                    offset,
+                    "stop" if app.should_stop else "new rebalance",
+                )
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     # A crashed agent stops the whole process (non-zero exit) instead of leaving it up with nothing consuming:
     # a supervisor (systemd, Kubernetes, `riskstream demo`) restarts it and the state table's ledger resumes from the
     # committed offsets. faust's default supervisor would restart the agent in place, on a stream that already
@@ -380,14 +414,7 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
         async for event in stream.events():
             message = event.message
             topic, partition, offset = message.topic, message.partition, message.offset
-            if app.rebalancing:
-                # faust hands over records fetched while the state table is still being restored (faust-streaming
-                # #502). Counted now, they would meet a half-restored table: windows and the ledger mark not yet
-                # there, an event time that then makes the restored windows look late. They are left alone: the
-                # consumer seeks back to the committed offset after the restore and delivers them again, or, if
-                # it commits past them first, the ledger finds the gap (next record, or the gap check).
-                DEFERRED.inc()
-                log.debug("offset %s[%d]@%d arrived during a rebalance: left for redelivery", topic, partition, offset)
+            if not await restored(topic, partition, offset):
                 continue
             async with counting:
                 verdict = ledger.admit(topic, partition, offset)
