@@ -440,9 +440,10 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
 
         @app.timer(interval=settings.alerts_gap_check)
         async def check_gaps() -> None:
-            """Records the group committed past without counting them (dropped by the stream, or left alone during a
-            rebalance) are found by the next record of their partition; on a quiet partition there may be none.
-            So compare the ledger with the committed offsets too, and read back what lies in between."""
+            """Records the group committed past without counting them (dropped by the stream, or given up when a
+            rebalance or a stop interrupted their hold) are found by the next record of their partition; on a quiet
+            partition there may be none. So compare the ledger with the committed offsets too, and read back what
+            lies in between."""
             if app.rebalancing:
                 return
             partitions = sorted(
