@@ -34,7 +34,7 @@ def engine_for(settings: EngineSettings) -> object:
     from inference.device import place
     from inference.hotswap import load_engine, load_path_engine, registry_lookup
 
-    placement = place(settings.device, settings.precision, settings.torch_threads)
+    placement = place(settings.device, settings.precision, settings.torch_threads, backend=settings.backend)
     if settings.bundle is not None:
         return load_path_engine(settings.bundle, settings, placement)
     record = registry_lookup(settings.db_url)()

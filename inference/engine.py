@@ -9,9 +9,10 @@ How it is fast:
   packed by token budget (:func:`inference.batching.pack_by_budget`), so a pack pads to its own longest row and
   rows of similar length travel together. Results come back in input order.
 - **Precision per device.** GPU: weights cast to bf16 (fp16 where bf16 is unsupported), pinned host tensors copied
-  with ``non_blocking=True`` so the copy of pack n+1 overlaps the compute of pack n. CPU: fp32 by default; ``bf16``
-  runs the encoder under CPU autocast; ``int8`` dynamically quantizes the encoder's Linear layers
-  (``torch.ao.quantization.quantize_dynamic``), the heads stay fp32.
+  with ``non_blocking=True`` so the copy of pack n+1 overlaps the compute of pack n. CPU: ``auto`` is bf16 where the
+  CPU multiplies bf16 natively (AMX, AVX512-BF16), else fp32; ``bf16`` casts the encoder's weights once (as on a GPU:
+  no autocast, whose fp32 LayerNorm/softmax/GELU cost a cast on either side); ``int8`` dynamically quantizes the
+  encoder's Linear layers (``torch.ao.quantization.quantize_dynamic``). The heads and the pooling stay fp32.
 - **ONNX Runtime backend** (``backend="onnxruntime"``, CPU, fp32 or int8): the encoder and pooling run as a fused
   ONNX graph, int8 through ONNX Runtime's quantized kernels (:mod:`inference.ort`); tokenization, packing and the
   heads are the same code as the torch backend, so the two are compared like for like.
@@ -21,7 +22,6 @@ How it is fast:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -104,7 +104,10 @@ def quantize_encoder(encoder: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Mo
 
 
 class Engine:
-    """Serves one loaded bundle with one placement. Not thread-safe: one engine per scoring thread."""
+    """Serves one loaded bundle with one placement. Not thread-safe: one engine per scoring thread.
+
+    The engine owns the bundle's modules: a bf16/fp16 or GPU placement converts them in place (no second copy of
+    the weights in memory), so load one bundle per engine."""
 
     def __init__(
         self,
@@ -328,12 +331,6 @@ class Engine:
         self.last_stats = EngineStats(docs, tokens, padded, n_packs)
         return [r for r in results if r is not None]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = self.placement.autocast_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cpu", dtype=dtype)
-
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.ort is not None:
@@ -341,10 +338,9 @@ class Engine:
         device = self.placement.device
         ids = input_ids.to(device, non_blocking=True)
         mask = attention_mask.to(device, non_blocking=True)
-        with self._autocast():
-            out = self.encoder(input_ids=ids, attention_mask=mask)
-            pooled = mean_pool(out.last_hidden_state, mask)
-        return pooled.float()
+        out = self.encoder(input_ids=ids, attention_mask=mask)
+        # pooled in fp32 whatever the encoder's dtype: a bf16 sum over the tokens would lose the low bits
+        return mean_pool(out.last_hidden_state.float(), mask)
 
     @torch.inference_mode()
     def _forward(self, pack: _Pack, channels: list[str]) -> list[DocScore]:
@@ -405,7 +401,9 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
     """An engine configured from :class:`inference.settings.EngineSettings`."""
     from inference.device import place
 
-    placement = placement or place(settings.device, settings.precision, settings.torch_threads)
+    placement = placement or place(
+        settings.device, settings.precision, settings.torch_threads, backend=settings.backend
+    )
     return Engine(
         bundle,
         placement,

@@ -29,7 +29,8 @@ def engines(bundle_v1: tuple[Path, str]) -> dict[str, Engine]:
     # a small token budget forces many packs and the tokenizer thread (len(TEXTS) > max_batch_docs)
     return {
         prec: Engine(
-            load_bundle(bundle_v1[0]) if prec == "int8" else bundle,
+            # an engine owns its bundle's modules (bf16 casts them in place): one bundle per precision but fp32
+            load_bundle(bundle_v1[0]) if prec != "fp32" else bundle,
             place("cpu", prec, 2),
             token_budget=512,
             max_batch_docs=16,
@@ -75,14 +76,25 @@ def test_output_shape_per_document(engines: dict[str, Engine]) -> None:
         assert doc.topic.label.startswith(prefix)
 
 
-def test_bf16_stays_close_to_fp32(engines: dict[str, Engine]) -> None:
-    ref = engines["fp32"].score(TEXTS[:6], CHANNELS[:6])
-    fast = engines["bf16"].score(TEXTS[:6], CHANNELS[:6])
-    for a, b in zip(ref, fast, strict=True):
+def test_bf16_runs_a_bf16_encoder_and_stays_close_to_fp32(engines: dict[str, Engine]) -> None:
+    """bf16 casts the encoder's weights (no autocast), pools and runs the heads in fp32. Untrained heads amplify
+    any change near a tie, so the pooled embedding is compared, and the calibrated probabilities loosely."""
+    import torch
+
+    assert {p.dtype for p in engines["bf16"].encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in engines["fp32"].encoder.parameters()} == {torch.float32}  # its own bundle, untouched
+    tok = engines["fp32"].tokenizer(TEXTS[:6], padding=True, return_tensors="pt")
+    ref = engines["fp32"].embed(tok["input_ids"], tok["attention_mask"])
+    fast = engines["bf16"].embed(tok["input_ids"], tok["attention_mask"])
+    assert fast.dtype == torch.float32
+    assert float(torch.nn.functional.cosine_similarity(ref, fast).min()) > 0.99
+    pairs = zip(
+        engines["fp32"].score(TEXTS[:6], CHANNELS[:6]), engines["bf16"].score(TEXTS[:6], CHANNELS[:6]), strict=True
+    )
+    for a, b in pairs:
         assert a.sentiment.probs is not None and b.sentiment.probs is not None
         for label in a.sentiment.probs:
             assert b.sentiment.probs[label] == pytest.approx(a.sentiment.probs[label], abs=0.05)
-        assert a.sentiment.label == b.sentiment.label
 
 
 def test_int8_embeddings_stay_close_to_fp32(engines: dict[str, Engine]) -> None:
