@@ -118,6 +118,16 @@ def score_batch(engine: Engine, records: Iterable[Any], metrics: WorkerMetrics |
     return ScoredBatch(docs, dead, offsets, first, n, tokens, engine.version)
 
 
+def model_info(engine: Engine) -> dict[str, str]:
+    """Labels of ``riskstream_worker_model_info``: the version served and how (``auto`` precision differs by CPU)."""
+    return {
+        "version": engine.version,
+        "precision": engine.placement.precision,
+        "backend": engine.backend,
+        "device": str(engine.placement.device),
+    }
+
+
 class Worker:
     """One consumer-group member. ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT via ``install_signals``)."""
 
@@ -133,7 +143,9 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
-        self.placement = placement or place(settings.device, settings.precision, settings.torch_threads)
+        self.placement = placement or place(
+            settings.device, settings.precision, settings.torch_threads, backend=settings.backend
+        )
         self._stop = threading.Event()
         self._lookup = lookup
         self.engine = engine
@@ -223,7 +235,7 @@ class Worker:
     def run(self) -> None:
         self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         self.engine = self._initial_engine()
-        self.metrics.model.info({"version": self.engine.version})
+        self.metrics.model.info(model_info(self.engine))
         if self.settings.bundle is None and self._lookup is not None:
             self.watcher = ModelWatcher(
                 self._lookup,
@@ -313,7 +325,7 @@ class Worker:
         if new is not None and self.engine is not None:
             log.info("hot swap: %s -> %s", self.engine.version, new.version)
             self.engine = new
-            self.metrics.model.info({"version": new.version})
+            self.metrics.model.info(model_info(new))
             self.metrics.swaps.inc()
 
     def _process(self, records: list[Any], *, retry_on_failure: bool = True) -> None:

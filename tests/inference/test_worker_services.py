@@ -20,6 +20,7 @@ from inference.device import place
 from inference.engine import Engine
 from inference.settings import WorkerSettings
 from inference.worker import Worker
+from riskstream.hardware import has_native_bf16
 from riskstream.modeling import load_bundle
 from riskstream.settings import CommonSettings
 from tests.inference.helpers import (
@@ -143,6 +144,17 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
         assert letter["payload"] or letter["payload_b64"]
     scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
     assert {s["id"] for s in scored} == set(ids)
+    # what the Prometheus endpoint shows an operator: documents by channel (13 news with the id-less one, 12
+    # customer service; a rebalance may score a batch twice), tokens, failures by reason, the model and its precision
+    metric = run.worker.metrics.registry.get_sample_value
+    assert (metric("riskstream_worker_documents_total", {"channel": "news"}) or 0) >= 13
+    assert (metric("riskstream_worker_documents_total", {"channel": "customer_service"}) or 0) >= 12
+    assert (metric("riskstream_worker_tokens_total") or 0) > 0
+    for reason, n in Counter(reasons.values()).items():
+        assert (metric("riskstream_worker_failures_total", {"reason": reason}) or 0) >= n, reason
+    served = {"version": "test-v1", "backend": "torch", "device": "cpu"}
+    served["precision"] = "bf16" if has_native_bf16() else "fp32"  # auto: bf16 only where the CPU has it natively
+    assert metric("riskstream_worker_model_info", served) == 1.0
 
 
 def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
