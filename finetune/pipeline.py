@@ -267,7 +267,8 @@ def run_pipeline(
                     "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "warmup_ratio", "max_length",
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
                     "freeze_layers",
-                    "task_sampling_temperature", "task_weight_multipliers", "dropout", "seed", "include_db_labels",
+                    "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing", "seed",
+                    "include_db_labels",
                 }
             }  # fmt: skip
             config.update(

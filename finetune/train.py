@@ -5,8 +5,8 @@ datasets gets two streams; analyst labels are a stream of their own). Each strea
 buckets (rows of similar length together, so dynamic padding wastes little), and each training step draws a
 stream with probability proportional to ``rows ** (1 / task_sampling_temperature)``. AdamW with linear warm-up
 and decay; the heads learn faster than the pretrained encoder. GPU: automatic mixed precision (bf16 where
-supported, else fp16 with a gradient scaler). CPU: full precision unless ``cpu_bf16``; torch uses every core it
-is given.
+supported, else fp16 with a gradient scaler). CPU: full precision unless ``cpu_bf16`` (worth it only on CPUs with
+native bf16); torch uses every core it is given.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def select_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, cpu_bf16: bool) -> tuple[Callable[[], Any], torch.dtype | None, bool]:
-    """(context factory, autocast dtype or None, needs a GradScaler)."""
+    """(context factory, autocast dtype or None, needs a GradScaler). On CPU, bf16 autocast when ``cpu_bf16``: the
+    weights (and AdamW's state) stay fp32, only the forward and backward products run in bf16."""
     if device.type == "cuda":  # pragma: no cover - no GPU here
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return (lambda: torch.autocast("cuda", dtype=dtype)), dtype, dtype == torch.float16
@@ -259,7 +260,7 @@ def train(
     autocast, amp_dtype, needs_scaler = autocast_for(device, settings.cpu_bf16)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     pad_id = tokenizer.pad_token_id or 0
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     log.info(
         "training %d steps on %s (%s), tasks %s, step shares %s, %d frozen parameters",
         total,

@@ -72,7 +72,7 @@ def _collapsed_copy(src: Path, dst: Path, version: str) -> Path:
 
 
 def test_run_trains_registers_and_promotes_a_loadable_bundle(seed_slice: Path, tmp_path: Path, db: Database) -> None:
-    settings = tiny_settings(seed_slice, tmp_path)
+    settings = tiny_settings(seed_slice, tmp_path, label_smoothing=0.1)
     summary = run_pipeline(settings, db, max_steps=3, progress=False)
     assert summary["status"] == "champion" and summary["promoted"]
     assert summary["gate"]["reasons"] == ["no champion yet: promoted after the sanity check"]
@@ -80,6 +80,8 @@ def test_run_trains_registers_and_promotes_a_loadable_bundle(seed_slice: Path, t
         champ = get_champion(session)
         assert champ is not None and champ.version == summary["version"]
         assert champ.data_fingerprint == summary["data_fingerprint"]
+        # how the model was trained is on record: the knobs, and the precision the CPU trained in
+        assert champ.config["label_smoothing"] == 0.1 and champ.config["precision"] == "fp32"
         assert set(champ.metrics["dev"]) == {
             "financial_phrasebank", "fin_tweets_sentiment", "fin_tweets_topic", "cs_sentiment", "banking77",
         }  # fmt: skip

@@ -1,0 +1,40 @@
+"""Training precision on CPU: fp32 by default, bf16 autocast on request; both train here, with fp32 weights."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.data import load_training_data
+from finetune.testing import tiny_settings
+from finetune.train import autocast_for, seed_everything, train
+from riskstream.modeling import build_untrained
+
+
+def test_cpu_training_is_fp32_unless_bf16_is_asked_for() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_for(cpu, False)[1] is None
+    assert autocast_for(cpu, True)[1] == torch.bfloat16
+    assert autocast_for(cpu, True)[2] is False  # bf16 needs no gradient scaler
+
+
+@pytest.mark.parametrize(("cpu_bf16", "precision"), [(False, "fp32"), (True, "bfloat16")])
+def test_training_learns_in_both_cpu_precisions_and_keeps_fp32_weights(
+    seed_slice: Path, tmp_path: Path, cpu_bf16: bool, precision: str
+) -> None:
+    settings = tiny_settings(seed_slice, tmp_path, cpu_bf16=cpu_bf16, seed=3)
+    data = load_training_data(seed_slice, max_train_per_task=24, max_dev_per_dataset=8, seed=3)
+    seed_everything(settings.seed)  # the same initialisation as train's
+    untrained, _ = build_untrained(settings.resolved_base_model(), data.specs, dropout=settings.dropout)
+    before = untrained.state_dict()
+    result = train(settings, data, max_steps=6, progress=False)
+    assert result.precision == precision and result.steps == 6
+    losses = [v for row in result.history for k, v in row.items() if k.startswith("loss/")]
+    assert losses and all(math.isfinite(v) for v in losses)
+    after = result.model.state_dict()
+    # autocast computes in bf16 but the weights the bundle saves stay fp32, and they moved
+    assert all(t.dtype == torch.float32 for t in after.values() if t.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
