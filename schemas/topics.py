@@ -70,10 +70,19 @@ def ensure_topics(
         )
     except KafkaError as exc:  # unreachable, or refused: wrong protocol or credentials
         protocol = security.get("security_protocol", "PLAINTEXT")
+        hint = (
+            " Over SASL the broker refuses wrong credentials either with an authentication error in the log above "
+            "(SaslAuthenticationFailedError) or by closing the connection right after the client sends them "
+            "('socket disconnected' after 'Sending username and password'): which one an operator sees is a race "
+            "between the broker's answer and its close, and both mean kafka_sasl_username / kafka_sasl_password / "
+            "kafka_sasl_mechanism are not accepted."
+            if protocol.startswith("SASL")
+            else ""
+        )
         raise TopicSetupError(
             f"cannot connect to Kafka at {bootstrap} over {protocol}: {exc}. Check kafka_bootstrap and the "
             "kafka_security_protocol / kafka_sasl_* / kafka_ssl_cafile settings; the client's log lines above "
-            "carry the broker's answer (an authentication failure is logged there)"
+            f"carry the broker's answer.{hint}"
         ) from exc
     try:
         existing = set(admin.list_topics())
