@@ -532,6 +532,7 @@ def _standalone_rate(settings: EngineSettings, texts: list[str]) -> float:
 
 
 def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> dict[str, Any]:
+    from elasticsearch import ApiError
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient
 
@@ -577,9 +578,19 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float) -> d
             # search in between is answered 503 (no shard available), so wait for the shard first
             if not es.indices.exists_alias(name=s.es_docs_alias):
                 return 0
-            es.cluster.health(index=s.es_docs_alias, wait_for_status="yellow", timeout="60s")
+            health = es.cluster.health(index=s.es_docs_alias, wait_for_status="yellow", timeout="60s")
+            if health.get("timed_out"):
+                return 0
             shards_ready = True
-        return int(es.count(index=s.es_docs_alias)["count"])
+        try:
+            return int(es.count(index=s.es_docs_alias)["count"])
+        except ApiError as exc:
+            # seen once after the health check passed: search_phase_execution_exception, a shard not yet usable;
+            # nothing is searchable there yet, so ask again at the next poll
+            if exc.meta.status == 503:
+                log.info("count answered 503 (%s); polling again", exc.message)
+                return 0
+            raise
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
     worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
