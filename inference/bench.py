@@ -5,7 +5,7 @@
 (a) a Hugging Face ``Pipeline`` one document at a time (the naive loop),
 (b) the same pipeline with ``batch_size=32``,
 (c) the riskstream engine in FP32, and
-(d) each fast path (int8 dynamic quantization, bf16 autocast),
+(d) each fast path (bf16, int8 dynamic quantization, torch.compile, onnxruntime),
 
 and reports documents/s, non-padding tokens/s, and the share of this machine's FP32 GEMM ceiling the engine
 reaches: a GEMM of the encoder's feed-forward shape is timed in the same run, and tokens/s are converted to FLOP/s

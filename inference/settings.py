@@ -32,11 +32,12 @@ class EngineSettings(CommonSettings):
     )
     precision: Precision = Field(
         default="auto",
-        description="Numeric precision. auto: bf16 (fp16 if bf16 is unsupported) on GPU; on CPU bf16 autocast "
-        "where the CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16: measured 2.2x fp32 with 99.9% of labels "
-        "unchanged), else fp32 (emulated bf16 is slower than fp32). int8 (dynamic quantization of the encoder's "
-        "Linear layers, CPU only) is the fast path on CPUs without native bf16. `riskstream bench inference` "
-        "measures speed and accuracy change side by side. With backend onnxruntime: fp32 or int8 (auto: fp32).",
+        description="Numeric precision. auto: bf16 (fp16 if bf16 is unsupported) on GPU; on CPU bf16 (the encoder's "
+        "weights cast once) where the CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16: measured 2.3-3.2x fp32, "
+        "accuracy within 0.05 point), else fp32 (emulated bf16 is slower than fp32). int8 (dynamic quantization "
+        "of the encoder's Linear layers, CPU only) is the fast path on CPUs without native bf16. `riskstream bench "
+        "inference` measures speed and accuracy change side by side. With backend onnxruntime: fp32 or int8 (auto: "
+        "fp32).",
     )
     torch_threads: int = Field(
         default_factory=_default_threads,

@@ -1,9 +1,10 @@
 """What this CPU can do fast: the instruction-set features that decide which precision pays.
 
-Inference and fine-tuning both ask one question here: does the CPU multiply bfloat16 natively? With AMX-BF16
-(Intel Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, AMD Zen 4 and later), oneDNN runs bf16 matrix
-products several times faster than fp32. Without them torch emulates bf16 and autocast is *slower* than fp32.
-So ``auto`` precision means bf16 on the first kind of CPU and fp32 on the second.
+The inference engine asks one question here: does the CPU multiply bfloat16 natively? With AMX-BF16 (Intel
+Sapphire Rapids and later) or AVX512-BF16 (Cooper Lake, AMD Zen 4 and later), oneDNN runs bf16 matrix products
+several times faster than fp32. Without them torch emulates bf16, which is *slower* than fp32. So ``auto``
+precision means bf16 on the first kind of CPU and fp32 on the second. (Training in bf16 stays opt-in,
+``--cpu-bf16``: measured, docs/models.md.) The benchmarks report the features with :func:`cpu_summary`.
 
 The flags are read from ``/proc/cpuinfo`` (Linux). Elsewhere, or when the file cannot be read, no feature is
 assumed and every ``auto`` choice falls back to fp32, the precision that is never slow.
