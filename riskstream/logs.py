@@ -21,7 +21,18 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-LIBRARIES = ("kafka", "elastic_transport", "urllib3", "httpx", "aiokafka", "faust", "mode", "alembic")
+LIBRARIES = (
+    "kafka",
+    "elastic_transport",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "aiokafka",
+    "faust",
+    "mode",
+    "alembic",
+    "asyncio",
+)
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False, libraries: str = "WARNING") -> None:
@@ -37,3 +48,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False, librarie
     library_level = logging.getLevelNamesMapping()[libraries.upper()]  # validated by the settings
     for noisy in LIBRARIES:
         logging.getLogger(noisy).setLevel(max(library_level, root.level))
+    # sqlalchemy's INFO is every statement and its DEBUG every row: never below WARNING with the libraries
+    logging.getLogger("sqlalchemy").setLevel(max(logging.WARNING, library_level, root.level))
