@@ -31,20 +31,22 @@ from typing import Any, TypeVar, cast
 import faust
 import mode
 from faust.tables.manager import TableManager
+from faust.types import TP
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_not_exception_type, wait_exponential
 
 from alerts import store, webhooks
 from alerts.ledger import Admission, OffsetLedger
 from alerts.rules import Evaluator, Rule, event_time, load_rules_file
 from alerts.settings import AlertSettings
+from alerts.stall import StallWatch
 from riskstream.db import Database
 from riskstream.es import make_client
 from riskstream.kafka_client import client_options, faust_credentials
-from schemas.es import ensure_templates, index_for
+from schemas.es import IndexLayoutError, ensure_templates, index_for
 from schemas.records import Alert, DeadLetter, ScoredDocument
 from schemas.topics import ensure_configured
 
@@ -65,6 +67,11 @@ REPAIRED = Counter(
 HELD = Counter(
     "riskstream_alerts_held_total",
     "Scored records handed to the agent while its state table was being restored, held until the restore completed.",
+)
+STALLS = Counter(
+    "riskstream_alerts_stalls_total",
+    "Times the stream delivered nothing with records waiting, by the answer: seek back to them, or exit.",
+    ["action"],
 )
 OPEN_WINDOWS = Gauge("riskstream_alerts_open_windows", "Windows currently open across all rules and groups.")
 
@@ -127,6 +134,7 @@ class AlertEngine:
         self.last_event = time.monotonic()
         self.evaluator: Evaluator | None = None
         self._admin: Any = None  # kafka-python admin client of the gap check, opened on first use
+        self._bounds: Any = None  # kafka-python consumer of the stall watch, opened on first use
 
     def committed_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The engine's consumer group's committed offsets (partitions without one are left out)."""
@@ -142,6 +150,24 @@ class AlertEngine:
             self._admin = None  # reconnect next time
             raise
         return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    def partition_bounds(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+        """First and end offset of each partition (end = one past the last record), from a group-less consumer."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._bounds is None:
+            self._bounds = KafkaConsumer(
+                **client_options(self.settings), group_id=None, client_id="riskstream-alerts-stall-watch"
+            )
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            first = self._bounds.beginning_offsets(tps)
+            end = self._bounds.end_offsets(tps)
+        except Exception:
+            self._bounds.close()
+            self._bounds = None  # reconnect next time
+            raise
+        return {(tp.topic, tp.partition): (first[tp], end[tp]) for tp in tps}
 
     # ---- rules -------------------------------------------------------------------------------------------------
 
@@ -197,6 +223,8 @@ class AlertEngine:
     def close(self) -> None:
         if self._admin is not None:
             self._admin.close()
+        if self._bounds is not None:
+            self._bounds.close()
         self.http.close()
         self.es.close()
         self.db.dispose()
@@ -237,8 +265,51 @@ def parse_scored(raw: bytes | None) -> ScoredDocument:
     return ScoredDocument.model_validate_json(raw)
 
 
+EXIT_STALLED = 75  # EX_TEMPFAIL: a fresh start is the remedy (a crashed agent exits with 1)
+
+
+class StreamStalledError(RuntimeError):
+    """The stream delivered nothing for ``alerts_stall_timeout`` seconds with records waiting."""
+
+
+def consumer_state(app: faust.App) -> str:
+    """What faust's consumer and its aiokafka consumer say about delivery, for the log of a stall (read-only)."""
+    consumer: Any = app.consumer
+    parts = {
+        "assigned": sorted(map(tuple, consumer.assignment())),
+        "active": sorted(map(tuple, consumer._active_partitions or ())),
+        "paused": sorted(map(tuple, consumer._paused_partitions)),
+        "buffered": sorted(map(tuple, consumer._buffered_partitions)),
+        "flow_active": consumer.flow_active,
+        "flow_control_active": app.flow_control.is_active(),
+        "read_offsets": {f"{tp.topic}[{tp.partition}]": off for tp, off in consumer._read_offset.items()},
+        "unacked": len(consumer._unacked_messages),
+    }
+    try:
+        inner = consumer._thread._consumer
+        subscription = inner._subscription.subscription
+        states = {}
+        for tp in sorted(inner.assignment()):
+            state = subscription.assignment.state_value(tp)
+            states[f"{tp.topic}[{tp.partition}]"] = {
+                "position": state.position if state.has_valid_position else None,
+                "paused": state.paused,
+                "highwater": state.highwater,
+            }
+        parts["aiokafka"] = states
+    except Exception as exc:  # internals of another library: report, never fail the report
+        parts["aiokafka"] = repr(exc)
+    fetcher = getattr(app, "_fetcher", None)
+    parts["fetcher"] = {
+        "started": getattr(fetcher, "_started", None) is not None and fetcher._started.is_set(),  # type: ignore[union-attr]
+        "stopped": getattr(fetcher, "_stopped", None) is not None and fetcher._stopped.is_set(),  # type: ignore[union-attr]
+    }
+    return json.dumps(parts, default=str)
+
+
 def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> faust.App:
-    """The faust app: one agent on the scored topic, a state table, three timers."""
+    """The faust app: one agent on the scored topic, a state table, four timers (the index templates are already
+    installed: :func:`install_templates`)."""
     datadir = settings.data_dir / "alerts" / settings.alerts_app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -291,10 +362,6 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
             FIRED.labels(alert.rule_id, alert.severity).inc()
             log.info("alert %s fired: %s", alert.id, alert.message)
 
-    @app.task
-    async def prepare() -> None:
-        await in_thread(lambda: ensure_templates(engine.es, settings.es_docs_alias, settings.es_alerts_alias))
-
     async def handle(raw: bytes | None, key: bytes | None, origin: Any) -> None:
         """One record: decode, count in its windows, emit what fired; a bad record goes to the dead-letter topic."""
         try:
@@ -337,6 +404,8 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                     partial(read_offsets, client_options(settings), topic, partition, missing.start, missing.stop)
                 )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    delivered = 0  # records the stream handed to the agent (the stall watch's sign of life)
 
     # The agent and the gap check both count records; the lock keeps them from counting the same offsets twice.
     counting = asyncio.Lock()
@@ -411,7 +480,9 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     # acknowledged the record it failed on.
     @app.agent(scored, supervisor_strategy=mode.CrashingSupervisor)
     async def process(stream: Any) -> Any:
+        nonlocal delivered
         async for event in stream.events():
+            delivered += 1
             message = event.message
             topic, partition, offset = message.topic, message.partition, message.offset
             if not await restored(topic, partition, offset):
@@ -469,6 +540,72 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                         reported_jumps.add((topic, partition, offset))
                         log_jump(topic, partition, verdict)
 
+    if settings.alerts_stall_timeout > 0:
+        watch = StallWatch(settings.alerts_stall_timeout)
+        seeked: dict[tuple[str, int], int] = {}  # partition -> the mark a stall was answered with a seek at
+
+        @app.timer(interval=max(0.5, min(settings.alerts_stall_timeout / 4, 10.0)))
+        async def watch_stream() -> None:
+            """A stream that stopped delivering (see alerts/stall.py) stops the engine, for its supervisor to
+            restart it, instead of leaving it up with records waiting and no alert able to fire."""
+            recovery = cast(TableManager, app.tables).recovery
+            if app.rebalancing or recovery.in_recovery or counting.locked():
+                watch.reset()  # nothing is expected to move, or a record is being counted right now
+                return
+            partitions = sorted(
+                (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == settings.topic_scored
+            )
+            if not partitions:
+                watch.reset()
+                return
+            try:
+                bounds = await in_thread(partial(engine.partition_bounds, partitions))
+                committed = await in_thread(partial(engine.committed_offsets, partitions))
+            except KafkaError as exc:
+                log.warning("stall watch: offsets unavailable, trying again: %r", exc)
+                return
+            if app.rebalancing or counting.locked():
+                return
+            marks: dict[tuple[str, int], int | None] = {}
+            for tp in partitions:
+                mark = ledger.expected(*tp)
+                if mark is None:  # nothing counted yet: the stream starts at the committed offset or the reset
+                    mark = committed.get(tp)
+                if mark is None and settings.alerts_offset_reset == "earliest":
+                    mark = bounds[tp][0]
+                marks[tp] = mark
+            ends = {tp: end for tp, (_, end) in bounds.items()}
+            stalls = watch.observe(time.monotonic(), ends, marks, delivered)
+            if not stalls:
+                return
+            reason = "; ".join(stall.describe() for stall in stalls)
+            state = consumer_state(app)
+            again = [st for st in stalls if seeked.get((st.topic, st.partition)) == st.mark]
+            if not again:
+                # First time at these marks: the consumer has typically fetched the records already (its position
+                # is at the end) and lost them on the way to the agent. Seeking back to the marks makes it fetch
+                # them again; the ledger skips anything already counted.
+                STALLS.labels("seek").inc()
+                log.error(
+                    "the stream stopped delivering records: %s. faust's consumer: %s. Seeking back to the next "
+                    "offset to count.",
+                    reason,
+                    state,
+                )
+                for stall in stalls:
+                    seeked[(stall.topic, stall.partition)] = stall.mark
+                    await app.consumer.seek(TP(stall.topic, stall.partition), stall.mark)
+                watch.reset()
+                return
+            STALLS.labels("exit").inc()
+            log.error(
+                "the stream stopped delivering records again after a seek: %s. faust's consumer: %s. Exiting for a "
+                "restart (the offset ledger resumes where counting stopped).",
+                reason,
+                state,
+            )
+            await app.crash(StreamStalledError(reason))
+
     @app.timer(interval=max(0.5, min(settings.alerts_idle_close, 5.0)))
     async def close_idle() -> None:
         if app.rebalancing:  # the state table may be half restored
@@ -502,8 +639,35 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
     return app
 
 
+def install_templates(engine: AlertEngine) -> None:
+    """Install the index templates before faust starts, waiting for Elasticsearch if it is not up yet.
+
+    An alert indexed before its template exists would auto-create its monthly index without the alias and with
+    dynamic mappings: invisible to the dashboard and to search, and never repaired by a later start. So the
+    engine evaluates nothing until the templates are in place. A layout error (an index that exists without
+    its alias) is not retried: it needs an operator.
+    """
+    s = engine.settings
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("Elasticsearch index templates not installed yet (attempt %d): %r", state.attempt_number, exc)
+
+    for attempt in Retrying(
+        wait=wait_exponential(multiplier=0.5, max=30),
+        retry=retry_if_not_exception_type(IndexLayoutError),
+        before_sleep=log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            ensure_templates(engine.es, s.es_docs_alias, s.es_alerts_alias)
+
+
 def run(settings: AlertSettings) -> None:
-    """Run the engine until SIGINT/SIGTERM (faust drains and commits on shutdown)."""
+    """Run the engine until SIGINT/SIGTERM (faust drains and commits on shutdown).
+
+    Exits 1 when its agent crashed and :data:`EXIT_STALLED` (75) when its stream stopped delivering: either way a
+    supervisor restarts it, and the offset ledger resumes where counting stopped."""
     db = Database(settings.db_url)
     engine = AlertEngine(settings, db)
     rules = engine.current_rules()
@@ -512,6 +676,7 @@ def run(settings: AlertSettings) -> None:
     # or dead letter must not wait for a broker to create its topic (see docs/alerts.md, "Topics").
     topics = ensure_configured(settings, [settings.topic_scored, settings.topic_alerts, settings.topic_dlq])
     partitions = topics[0].partitions
+    install_templates(engine)
     if settings.alerts_metrics_port:
         start_http_server(settings.alerts_metrics_port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.alerts_metrics_port)
@@ -519,5 +684,9 @@ def run(settings: AlertSettings) -> None:
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     try:
         worker.execute_from_commandline()
+    except SystemExit as exc:
+        if isinstance(worker.crash_reason, StreamStalledError) or isinstance(app.crash_reason, StreamStalledError):
+            raise SystemExit(EXIT_STALLED) from exc
+        raise
     finally:
         engine.close()

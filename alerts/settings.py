@@ -56,6 +56,16 @@ class AlertSettings(CommonSettings):
         "committed past without being counted are read back even when no later record arrives. 0 turns it off "
         "(gaps are then found by the next record of their partition only).",
     )
+    alerts_stall_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        description="Seconds a scored partition may hold records past the engine's offset ledger without the stream "
+        "delivering one before the engine logs its consumer's state and seeks back to them; a second stall at "
+        "the same offset exits with code 75 for its supervisor to restart it (a faust stream can come out of a "
+        "start or rebalance delivering nothing). A record being "
+        "counted (retrying an Elasticsearch outage, say) is progress, not a stall. Lower recovers sooner; 0 turns "
+        "the watch off.",
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC-SHA256 key that signs webhook bodies (receivers verify with the same key). "

@@ -124,13 +124,33 @@ def index_for(alias: str, when: datetime) -> str:
     return f"{alias}-{month_suffix(when)}"
 
 
+class IndexLayoutError(RuntimeError):
+    """An index in riskstream's naming scheme that does not follow its layout (no alias: created by a write that
+    came before the index template)."""
+
+
 def ensure_templates(client: Any, docs_alias: str, alerts_alias: str, *, replicas: int = 0) -> None:
     """Install (or update) both index templates and make sure each alias has at least one index.
 
-    ``client`` is an ``elasticsearch.Elasticsearch``. Idempotent; safe to call at every start.
+    ``client`` is an ``elasticsearch.Elasticsearch``. Idempotent; safe to call at every start (and from several
+    processes at once).
+
+    Call it before anything writes: a write to ``<alias>-<month>`` before the template exists auto-creates that
+    index without the alias (and with dynamic mappings). Such an index is reported (:class:`IndexLayoutError`),
+    not patched over, since its mappings are not the contract's.
     """
     for alias, mappings in ((docs_alias, docs_mappings()), (alerts_alias, alerts_mappings())):
         client.indices.put_index_template(name=alias, **index_template(alias, mappings, replicas=replicas))
         current = index_for(alias, datetime.now(tz=UTC))
+        if client.indices.exists_alias(name=alias):
+            continue
+        # 400 = it exists already: created by a concurrent start (then the template gave it the alias) or by a
+        # write that came before the template (then it has no alias, checked below)
+        client.options(ignore_status=400).indices.create(index=current)
         if not client.indices.exists_alias(name=alias):
-            client.options(ignore_status=400).indices.create(index=current)
+            raise IndexLayoutError(
+                f"Elasticsearch index {current} exists without the alias {alias}: something wrote to it before "
+                f"the index template was installed, so its mappings are not riskstream's. Reindex its documents "
+                f"into a new index created after `riskstream schemas apply-es` (or delete it if they are disposable), "
+                f"then start again."
+            )

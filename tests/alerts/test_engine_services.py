@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from alerts import store
+from alerts.engine import EXIT_STALLED
 from alerts.rules import alert_id, load_rule
 from alerts.settings import AlertSettings
 from alerts.webhooks import verify_signature
@@ -80,38 +82,76 @@ def env_for(settings: AlertSettings) -> dict[str, str]:
     return {**env, **settings.to_env()}
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[bytes]) -> Any:
+class Supervised:
+    """An engine process under a supervisor's policy, as under ``riskstream demo`` or systemd: restarted when it
+    exits with :data:`EXIT_STALLED` (its stream stopped delivering, see alerts/stall.py), at most ``max_restarts``
+    times; any other exit is final. Output is appended to ``log``."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, *, max_restarts: int = 2) -> None:
+        self.args, self.env, self.log, self.max_restarts = args, env, log, max_restarts
+        self.restarts = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def exited(self) -> int | None:
+        """The final exit code, or None while it runs (restarting it first if it exited to be restarted)."""
+        code = self.proc.poll()
+        if code == EXIT_STALLED and self.restarts < self.max_restarts:
+            self.restarts += 1
+            self.proc = self._start()
+            return None
+        return code
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.exited()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the engine did not exit within {timeout}s")
+            time.sleep(0.5)
+        return code
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, engine: Supervised) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        if proc.poll() is not None:
-            raise AssertionError(f"engine exited ({proc.returncode}) while waiting for {what}")
+        if (code := engine.exited()) is not None:
+            raise AssertionError(f"engine exited ({code}) while waiting for {what}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+RISKSTREAM = [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"]
 
 
 @pytest.fixture
 def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
     return AlertSettings(
-        **(settings.model_dump() | {"log_level_libraries": "INFO"}),  # faust's rebalance and recovery, in the log
+        # the engine's per-record decisions (debug) and faust's rebalance and recovery (info), in the log
+        **(settings.model_dump() | {"log_level": "DEBUG", "log_level_libraries": "INFO"}),
         alerts_app_id=f"rs-alerts-test-{uuid.uuid4().hex[:8]}",
         alerts_lateness=0,
         alerts_idle_close=1,
         alerts_rules_refresh=2,
         alerts_gap_check=1,
+        alerts_stall_timeout=15,
         webhook_secret=SecretStr(SECRET),
         webhook_allow=["127.0.0.1/32"],
         webhook_poll=0.5,
@@ -121,12 +161,22 @@ def engine_settings(settings: CommonSettings, tmp_path: Path) -> AlertSettings:
     )
 
 
+# connection chatter of the clients, dropped from the log printed for a failed test so that faust's and the
+# engine's own lines fit in what a CI report shows
+_CHATTER = re.compile(
+    r"KafkaTCPTransport|KafkaConnection|Bootstrap|bootstrap|metadata refresh loop|IO loop |Updated metadata|"
+    r"Initializing connection|Attempting bootstrap|(HEAD|GET|PUT|POST) http\S+ \[status:2\d\d"
+)
+
+
 @pytest.fixture
 def engine_log(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "engine.log"
     yield path
-    if path.exists():  # shown by pytest only when the test fails
-        print(path.read_text()[-15000:])
+    if path.exists():  # shown by pytest only when the test fails (the whole file stays in the test's tmp_path)
+        lines = [line for line in path.read_text(errors="replace").splitlines() if not _CHATTER.search(line)]
+        print(f"{path} without connection chatter:")
+        print("\n".join(lines)[-15000:])
 
 
 def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSettings, engine_log: Path) -> None:
@@ -171,14 +221,7 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
         producer.flush()
         producer.close()
 
-        with engine_log.open("wb") as log:
-            proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"],
-                env=env_for(s),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = Supervised(RISKSTREAM, env_for(s), engine_log)
         try:
             expected_id = alert_id("acme-negative", {"entity": "$ACME"}, start)
             es = make_client(s)
@@ -202,7 +245,7 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
 
             wait_for("both webhooks delivered", delivered, 60, proc)
         finally:
-            stop(proc)
+            proc.stop()
 
     ok = [r for r in receiver.requests if r["path"] == "/ok"]
     flaky = [r for r in receiver.requests if r["path"] == "/flaky"]
@@ -269,15 +312,8 @@ class RestartScenario:
         res = self.es.search(index=self.s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
         return list(res["hits"]["hits"])
 
-    def engine(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"],
-                env=env_for(self.s),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def engine(self) -> Supervised:
+        return Supervised(RISKSTREAM, env_for(self.s), self.log)
 
     def run_until_committed(self, offset: int) -> None:
         """Run an engine until it committed ``offset`` on the scored topic, then stop it (SIGTERM)."""
@@ -286,7 +322,7 @@ class RestartScenario:
             # faust flushes the table's changelog before it commits the offsets of the documents that changed it
             wait_for(f"offset {offset} committed", lambda: _committed(self.s) >= offset, 150, proc)
         finally:
-            stop(proc)
+            proc.stop()
 
     def run_until_alert(self) -> Any:
         """Run an engine until the alert of the window at ``start`` is searchable; returns that one hit."""
@@ -294,7 +330,7 @@ class RestartScenario:
         try:
             hits = wait_for("the alert after the restart", self.alerts, 150, proc)
         finally:
-            stop(proc)
+            proc.stop()
         (hit,) = hits
         assert hit["_id"] == alert_id("three", {}, self.start)
         return hit["_source"]
@@ -414,14 +450,7 @@ def test_the_engine_creates_its_topics_and_exits_non_zero_when_its_agent_crashes
     Then a failure inside the agent stops the process with a non-zero exit (for its supervisor to restart it)
     instead of leaving it running with nothing consuming."""
     s = engine_settings.model_copy(update={"kafka_topic_partitions": 2})
-    with engine_log.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASHING_ENGINE],
-            env=env_for(s),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = Supervised([sys.executable, "-c", CRASHING_ENGINE], env_for(s), engine_log)
     try:
         admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
         wanted = {s.topic_scored, s.topic_alerts, s.topic_dlq}
@@ -437,6 +466,82 @@ def test_the_engine_creates_its_topics_and_exits_non_zero_when_its_agent_crashes
         producer.close()
         code = proc.wait(timeout=180)
     finally:
-        stop(proc)
-    assert code != 0
+        proc.stop()
+    assert code == 1  # a crash, not a stall (EXIT_STALLED)
     assert "Crashed reason=TypeError('injected failure while counting boom')" in engine_log.read_text()
+
+
+# The stall faust shows now and then, made certain: the stream loses the scored records it fetches (aiokafka's
+# position moves past them, the agent never sees them) until the engine seeks back, or for good.
+LOSING_ENGINE = """
+import os
+
+import faust.transport.consumer as consumer
+
+getmany, seek = consumer.Consumer.getmany, consumer.Consumer.seek
+losing = {"on": True, "forever": os.environ["LOSE_FOREVER"] == "1", "lost": 0}
+
+
+async def lossy_getmany(self, timeout):
+    async for tp, message in getmany(self, timeout):
+        if losing["on"] and tp.topic.endswith(".docs.scored"):
+            losing["lost"] += 1
+            continue
+        yield tp, message
+
+
+async def counted_seek(self, partition, offset):
+    print(f"injected: {losing['lost']} record(s) lost before a seek to {offset}", flush=True)
+    losing["on"] = losing["forever"]
+    await seek(self, partition, offset)
+
+
+consumer.Consumer.getmany = lossy_getmany
+consumer.Consumer.seek = counted_seek
+from riskstream.cli import main
+
+main(["alerts", "run"])
+"""
+
+
+def test_a_stream_that_loses_what_it_fetched_is_sent_back_to_the_records(scenario: RestartScenario) -> None:
+    """Records wait, the stream delivers none: after the stall timeout the engine seeks back to the next offset to
+    count, the records come again, and the window fires, in the same process."""
+    scenario.s = scenario.s.model_copy(update={"alerts_stall_timeout": 3})
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2), scenario.doc("c", 3), scenario.doc("z", 120))
+    proc = Supervised(
+        [sys.executable, "-c", LOSING_ENGINE], {**env_for(scenario.s), "LOSE_FOREVER": "0"}, scenario.log,
+        max_restarts=0,
+    )  # fmt: skip
+    try:
+        hits = wait_for("the alert after the seek", scenario.alerts, 150, proc)
+    finally:
+        proc.stop()
+    (hit,) = hits
+    assert hit["_source"]["doc_count"] == 3 and sorted(hit["_source"]["sample_doc_ids"]) == ["a", "b", "c"]
+    log = scenario.log.read_text()
+    assert "injected: 4 record(s) lost before a seek to 0" in log
+    assert "the stream stopped delivering records: " in log and "4 record(s) from offset 0 waiting" in log
+    assert "Seeking back to the next offset to count" in log
+    assert "Exiting for a restart" not in log
+
+
+def test_a_stream_that_stays_stalled_after_the_seek_exits_for_a_restart(scenario: RestartScenario) -> None:
+    """The seek does not help: the second stall at the same offset ends the process with code 75, which a
+    supervisor answers with a restart (the engine under `riskstream demo` or systemd)."""
+    scenario.s = scenario.s.model_copy(update={"alerts_stall_timeout": 3})
+    scenario.publish(scenario.doc("a", 1), scenario.doc("b", 2))
+    proc = Supervised(
+        [sys.executable, "-c", LOSING_ENGINE], {**env_for(scenario.s), "LOSE_FOREVER": "1"}, scenario.log,
+        max_restarts=0,
+    )  # fmt: skip
+    try:
+        code = proc.wait(timeout=150)
+    finally:
+        proc.stop()
+    assert code == EXIT_STALLED
+    log = scenario.log.read_text()
+    assert "Seeking back to the next offset to count" in log
+    assert "the stream stopped delivering records again after a seek: " in log
+    assert "2 record(s) from offset 0 waiting" in log
+    assert scenario.alerts() == []

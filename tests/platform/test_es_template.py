@@ -11,7 +11,7 @@ from elasticsearch import BadRequestError, Elasticsearch
 
 from riskstream.es import make_client
 from riskstream.settings import CommonSettings
-from schemas.es import ensure_templates, index_for
+from schemas.es import IndexLayoutError, ensure_templates, index_for
 from schemas.records import Prediction, ScoredDocument
 
 pytestmark = pytest.mark.services
@@ -104,3 +104,21 @@ def test_documents_land_in_the_month_of_their_own_ingested_at(es: Elasticsearch,
     # the index was created by the template: it joined the alias and got the strict mapping
     assert alias in es.indices.get_alias(index=target)[target]["aliases"]
     assert es.indices.get_mapping(index=target)[target]["mappings"]["dynamic"] == "strict"
+
+
+def test_an_index_written_before_its_template_is_reported_not_used(settings: CommonSettings) -> None:
+    """A write that came before the template auto-created this month's alerts index without the alias: installing
+    the templates afterwards names the index and stops, instead of leaving alerts out of the alias for good."""
+    client = make_client(settings)
+    try:
+        current = index_for(settings.es_alerts_alias, datetime.now(tz=UTC))
+        client.index(index=current, id="early", document={"id": "early", "message": "written first"})
+        with pytest.raises(IndexLayoutError, match=f"{current} exists without the alias {settings.es_alerts_alias}"):
+            ensure_templates(client, settings.es_docs_alias, settings.es_alerts_alias)
+        assert not client.indices.exists_alias(name=settings.es_alerts_alias)
+        # once an operator removed it, the next start builds the layout
+        client.indices.delete(index=current)
+        ensure_templates(client, settings.es_docs_alias, settings.es_alerts_alias)
+        assert client.indices.exists_alias(name=settings.es_alerts_alias, index=current)
+    finally:
+        client.close()
