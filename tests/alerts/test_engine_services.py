@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elasticsearch import ApiError
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from pydantic import SecretStr
@@ -138,6 +139,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, engine: Superv
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def search_alerts(es: Any, alias: str) -> list[Any]:
+    """The alerts searchable under ``alias``; none while the engine is still creating its first index (a search
+    then answers 503 until the index's shard has started)."""
+    try:
+        es.indices.refresh(index=alias, ignore_unavailable=True, allow_no_indices=True)
+        res = es.search(index=alias, query={"match_all": {}}, ignore_unavailable=True)
+    except ApiError as exc:
+        if exc.meta.status == 503:
+            return []
+        raise
+    return list(res["hits"]["hits"])
+
+
 RISKSTREAM = [str(Path(sys.executable).parent / "riskstream"), "alerts", "run"]
 
 
@@ -227,9 +241,7 @@ def test_scored_docs_fire_an_alert_and_signed_webhooks(engine_settings: AlertSet
             es = make_client(s)
 
             def alert_in_es() -> Any:
-                es.indices.refresh(index=s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
-                res = es.search(index=s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
-                return res["hits"]["hits"]
+                return search_alerts(es, s.es_alerts_alias)
 
             hits = wait_for("the alert in Elasticsearch", alert_in_es, 150, proc)
             assert [h["_id"] for h in hits] == [expected_id]  # $BETA stayed quiet
@@ -308,9 +320,7 @@ class RestartScenario:
         self.producer.flush()
 
     def alerts(self) -> list[Any]:
-        self.es.indices.refresh(index=self.s.es_alerts_alias, ignore_unavailable=True, allow_no_indices=True)
-        res = self.es.search(index=self.s.es_alerts_alias, query={"match_all": {}}, ignore_unavailable=True)
-        return list(res["hits"]["hits"])
+        return search_alerts(self.es, self.s.es_alerts_alias)
 
     def engine(self) -> Supervised:
         return Supervised(RISKSTREAM, env_for(self.s), self.log)
