@@ -42,7 +42,7 @@ from alerts import store, webhooks
 from alerts.ledger import Admission, OffsetLedger
 from alerts.rules import Evaluator, Rule, event_time, load_rules_file
 from alerts.settings import AlertSettings
-from alerts.stall import StallWatch
+from alerts.stall import StallWatch, next_to_count
 from riskstream.db import Database
 from riskstream.es import make_client
 from riskstream.kafka_client import client_options, faust_credentials
@@ -308,8 +308,9 @@ def consumer_state(app: faust.App) -> str:
 
 
 def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> faust.App:
-    """The faust app: one agent on the scored topic, a state table, four timers (the index templates are already
-    installed: :func:`install_templates`)."""
+    """The faust app: one agent on the scored topic, a state table, and timers for the gap check, the stall watch,
+    idle windows, the rules and the webhook deliveries (the index templates are already installed:
+    :func:`install_templates`)."""
     datadir = settings.data_dir / "alerts" / settings.alerts_app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -546,8 +547,9 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
 
         @app.timer(interval=max(0.5, min(settings.alerts_stall_timeout / 4, 10.0)))
         async def watch_stream() -> None:
-            """A stream that stopped delivering (see alerts/stall.py) stops the engine, for its supervisor to
-            restart it, instead of leaving it up with records waiting and no alert able to fire."""
+            """A stream that stopped delivering (see alerts/stall.py) is sent back to the waiting records; if that
+            does not help, the engine stops for its supervisor to restart it, instead of staying up with records
+            waiting and no alert able to fire."""
             recovery = cast(TableManager, app.tables).recovery
             if app.rebalancing or recovery.in_recovery or counting.locked():
                 watch.reset()  # nothing is expected to move, or a record is being counted right now
@@ -566,14 +568,10 @@ def build_app(settings: AlertSettings, engine: AlertEngine, partitions: int) -> 
                 return
             if app.rebalancing or counting.locked():
                 return
-            marks: dict[tuple[str, int], int | None] = {}
-            for tp in partitions:
-                mark = ledger.expected(*tp)
-                if mark is None:  # nothing counted yet: the stream starts at the committed offset or the reset
-                    mark = committed.get(tp)
-                if mark is None and settings.alerts_offset_reset == "earliest":
-                    mark = bounds[tp][0]
-                marks[tp] = mark
+            marks = {
+                tp: next_to_count(ledger.expected(*tp), committed.get(tp), bounds[tp][0], settings.alerts_offset_reset)
+                for tp in partitions
+            }
             ends = {tp: end for tp, (_, end) in bounds.items()}
             stalls = watch.observe(time.monotonic(), ends, marks, delivered)
             if not stalls:

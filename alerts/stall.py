@@ -38,6 +38,20 @@ class Stall:
         )
 
 
+def next_to_count(ledger: int | None, committed: int | None, first: int, reset: str) -> int | None:
+    """The offset from which records are waiting to be counted on one partition, for the watch.
+
+    The later of the ledger's mark and the group's committed offset: records below the committed offset are counted,
+    repaired by the gap check, or skipped on purpose (an operator's offset reset past a backlog, which a seek back
+    must not undo). With neither (a new engine), where the stream starts: the partition's first offset for the
+    ``earliest`` reset; unknown (None) for ``latest``, which waits for new records only.
+    """
+    known = [offset for offset in (ledger, committed) if offset is not None]
+    if known:
+        return max(known)
+    return first if reset == "earliest" else None
+
+
 class StallWatch:
     """Per partition: since when has its mark stood still with records after it?"""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.stall import StallWatch
+from alerts.stall import StallWatch, next_to_count
 
 P0 = ("scored", 0)
 P1 = ("scored", 1)
@@ -60,3 +60,13 @@ def test_records_delivered_without_moving_a_mark_are_progress() -> None:
 def test_the_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout"):
         StallWatch(0)
+
+
+def test_records_waiting_start_at_the_later_of_the_ledger_and_the_committed_offset() -> None:
+    assert next_to_count(7, 5, 0, "earliest") == 7  # the group commits a little behind what was counted
+    assert next_to_count(7, 9, 0, "earliest") == 9  # a gap below 9 is the gap check's
+    # an operator moved the group past a backlog: not waiting records, and a seek back must not undo the reset
+    assert next_to_count(100, 50_000, 0, "earliest") == 50_000
+    assert next_to_count(None, 12, 0, "latest") == 12  # a new engine resumes a group's committed offset
+    assert next_to_count(None, None, 3, "earliest") == 3  # a new group: from the partition's first record
+    assert next_to_count(None, None, 3, "latest") is None  # a new group: new records only, nothing known to wait
