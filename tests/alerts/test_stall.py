@@ -70,3 +70,13 @@ def test_records_waiting_start_at_the_later_of_the_ledger_and_the_committed_offs
     assert next_to_count(None, 12, 0, "latest") == 12  # a new engine resumes a group's committed offset
     assert next_to_count(None, None, 3, "earliest") == 3  # a new group: from the partition's first record
     assert next_to_count(None, None, 3, "latest") is None  # a new group: new records only, nothing known to wait
+
+
+def test_a_consumer_whose_internals_changed_is_reported_not_fatal() -> None:
+    """The stall log reads faust's and aiokafka's internals; after an upgrade that renames them the watch still
+    logs the stall and acts on it, with the state marked unavailable."""
+    from types import SimpleNamespace
+
+    from alerts.engine import consumer_state
+
+    assert consumer_state(SimpleNamespace()).startswith("unavailable (AttributeError(")  # type: ignore[arg-type]
