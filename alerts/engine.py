@@ -683,10 +683,10 @@ def run(settings: AlertSettings) -> None:
     # or dead letter must not wait for a broker to create its topic (see docs/alerts.md, "Topics").
     topics = ensure_configured(settings, [settings.topic_scored, settings.topic_alerts, settings.topic_dlq])
     partitions = topics[0].partitions
-    install_templates(engine)
-    if settings.alerts_metrics_port:
+    if settings.alerts_metrics_port:  # up while the engine still waits for Elasticsearch below
         start_http_server(settings.alerts_metrics_port, addr="127.0.0.1")
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.alerts_metrics_port)
+    install_templates(engine)
     app = build_app(settings, engine, partitions)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     try:
