@@ -183,17 +183,21 @@ def _timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
     return out, best
 
 
-def _load_bundle(settings: EngineSettings) -> Any:
+def _load_bundle(settings: EngineSettings, encoder_impl: str = "transformers") -> Any:
     from riskstream.modeling import load_bundle
 
     if settings.bundle is not None:
-        return load_bundle(settings.bundle)
+        return load_bundle(settings.bundle, encoder_impl=encoder_impl)  # type: ignore[arg-type]
     from inference.hotswap import registry_lookup
 
     record = registry_lookup(settings.db_url)()
     if record is None:
         raise click.ClickException("no champion model: pass --bundle PATH or run `riskstream finetune run`")
-    return load_bundle(Path(record.artifact_path), expected_sha256=record.artifact_sha256)
+    return load_bundle(
+        Path(record.artifact_path),
+        expected_sha256=record.artifact_sha256,
+        encoder_impl=encoder_impl,  # type: ignore[arg-type]
+    )
 
 
 def run_inference_bench(
@@ -257,7 +261,9 @@ def run_inference_bench(
             path, path
         )
         name = f"engine_{path.replace('-', '_')}"
-        b = bundle if path == "fp32" else load_bundle(bundle.path, verify=False)
+        # each engine owns its bundle (casts are in place), loaded as the worker loads it (encoder_impl); the
+        # pipelines above keep transformers' encoder
+        b = load_bundle(bundle.path, verify=False, encoder_impl=settings.encoder_impl)
         started = time.perf_counter()
         engine = Engine(
             b,
@@ -396,6 +402,8 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
             str(settings.data_dir),
             "--torch-threads",
             str(settings.torch_threads),
+            "--encoder-impl",
+            settings.encoder_impl,
         ]
         if settings.bundle is not None:
             cmd += ["--bundle", str(settings.bundle)]
@@ -522,7 +530,7 @@ def _standalone_rate(settings: EngineSettings, texts: list[str]) -> float:
     from inference.engine import build_engine
 
     torch.set_num_threads(settings.torch_threads)
-    engine = build_engine(_load_bundle(settings), settings)
+    engine = build_engine(_load_bundle(settings, settings.encoder_impl), settings)
     engine.score(texts[:64], ["news"] * len(texts[:64]))
     # best of two: the first pass over new shapes also builds oneDNN's kernels for them (bf16/AMX most of all)
     _, seconds = _timed(lambda e=engine: e.score(texts, ["news"] * len(texts)), repeats=2)  # type: ignore[misc]

@@ -48,6 +48,7 @@ def load_engine(record: ModelVersionRecord, settings: EngineSettings, placement:
         device="cpu",
         expected_sha256=record.artifact_sha256,
         encoder=settings.backend != "onnxruntime",  # that backend runs its own exported encoder
+        encoder_impl=settings.encoder_impl,
     )
     if bundle.version != record.version:
         raise ArtifactError(
@@ -59,7 +60,9 @@ def load_engine(record: ModelVersionRecord, settings: EngineSettings, placement:
 
 
 def load_path_engine(path: Path, settings: EngineSettings, placement: Placement) -> Engine:
-    bundle = load_bundle(path, device="cpu", encoder=settings.backend != "onnxruntime")
+    bundle = load_bundle(
+        path, device="cpu", encoder=settings.backend != "onnxruntime", encoder_impl=settings.encoder_impl
+    )
     engine = build_engine(bundle, settings, placement)
     engine.warmup()
     return engine

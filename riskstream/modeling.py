@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,7 @@ HEADS_FILE = "heads.safetensors"
 ENCODER_DIR = "encoder"
 
 TaskKind = Literal["sentiment", "topic"]
+EncoderImpl = Literal["auto", "lean", "transformers"]
 
 # How a text is prepared for the model (the same in training, evaluation and serving; the bundle records it).
 # "none": as received. "reader": what a reader sees -- HTML entities decoded (``&amp;`` -> ``&``) and each web link
@@ -369,6 +371,22 @@ class _DetachedEncoder(nn.Module):
         raise RuntimeError("this bundle was loaded without its PyTorch encoder (encoder=False, onnxruntime backend)")
 
 
+def _use_lean(encoder_dir: Path, impl: EncoderImpl) -> bool:
+    if impl == "transformers":
+        return False
+    from riskstream.bert import lean_support
+
+    why = lean_support(encoder_dir)
+    if why is None and not (encoder_dir / "tokenizer.json").is_file():
+        why = "no tokenizer.json"
+    if why is None:
+        return True
+    if impl == "lean":
+        raise ArtifactError(f"the lean encoder cannot serve {encoder_dir}: {why} (use encoder_impl transformers)")
+    logging.getLogger(__name__).info("encoder of %s served by transformers: %s", encoder_dir, why)
+    return False
+
+
 def load_bundle(
     path: Path,
     *,
@@ -376,11 +394,18 @@ def load_bundle(
     expected_sha256: str | None = None,
     verify: bool = True,
     encoder: bool = True,
+    encoder_impl: EncoderImpl = "transformers",
 ) -> LoadedBundle:
     """Load a bundle for inference (eval mode), verifying checksums first unless ``verify`` is False.
 
     ``encoder=False`` loads the heads and the tokenizer only, without importing transformers when the bundle has a
-    ``tokenizer.json`` (the onnxruntime backend runs its own exported encoder): seconds less start-up."""
+    ``tokenizer.json`` (the onnxruntime backend runs its own exported encoder): seconds less start-up.
+
+    ``encoder_impl`` says what runs the encoder: ``transformers`` (its ``AutoModel``: every architecture, and what
+    training and evaluation use), ``lean`` (:class:`riskstream.bert.LeanBert`: BERT-family encoders in plain
+    PyTorch, loaded without importing transformers, about 6 s less start-up; an error for another architecture) or
+    ``auto`` (lean where it applies, else transformers). The lean encoder's forward is for inference only and its
+    tokenizer is :class:`LeanTokenizer` (no padding; the serving engine pads its own packs)."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -388,13 +413,19 @@ def load_bundle(
     digest = verify_bundle(path, expected_sha256) if verify else bundle_digest(manifest.files)
     try:
         encoder_module: nn.Module
-        if encoder or not (path / ENCODER_DIR / "tokenizer.json").is_file():
+        lean = encoder and _use_lean(path / ENCODER_DIR, encoder_impl)
+        if (encoder and not lean) or not (path / ENCODER_DIR / "tokenizer.json").is_file():
             from transformers import AutoTokenizer
 
             tokenizer: Any = AutoTokenizer.from_pretrained(path / ENCODER_DIR, local_files_only=True)
         else:
             tokenizer = LeanTokenizer(path / ENCODER_DIR)
-        if encoder:
+        if lean:
+            from riskstream.bert import LeanBert
+
+            encoder_module = LeanBert.from_pretrained(path / ENCODER_DIR)
+            hidden = encoder_module.config.hidden_size
+        elif encoder:
             from transformers import AutoModel
 
             hf_encoder = AutoModel.from_pretrained(path / ENCODER_DIR, local_files_only=True)

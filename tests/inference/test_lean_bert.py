@@ -1,0 +1,131 @@
+"""The lean encoder (``riskstream.bert``): what the worker and ``riskstream score`` serve by default. It must answer
+like transformers' BertModel, load without importing transformers, and refuse or hand over what it cannot serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.device import place
+from inference.engine import Engine, int8_linear_names
+from riskstream.bert import LeanBert, lean_support
+from riskstream.modeling import ENCODER_DIR, ArtifactError, LeanTokenizer, default_base_model, load_bundle
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Shares of Acme plunged 20% after the company cut its full-year guidance.",
+    "I was charged twice for the same card payment, please refund me",
+    "Fed holds rates steady",
+    "ok",
+    "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
+] * 6
+CHANNELS = ["news", "customer_service", "news", "customer_service", "news"] * 6
+
+
+def _padded(tokenizer: LeanTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenizer(texts, truncation=True, max_length=128)["input_ids"]
+    width = max(len(x) for x in ids)
+    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return input_ids, mask
+
+
+def test_the_lean_encoder_reproduces_transformers_bert_on_padded_rows() -> None:
+    """The packaged base encoder, rows of different lengths in one padded batch: every real token's hidden state
+    equals transformers' to float rounding (padding positions are never read: the engine mean-pools under the mask)."""
+    from transformers import AutoModel
+
+    base = default_base_model()
+    lean = LeanBert.from_pretrained(base)
+    reference = AutoModel.from_pretrained(base, local_files_only=True).eval()
+    input_ids, mask = _padded(LeanTokenizer(base), TEXTS[:5])
+    assert not bool(mask.all())  # the batch really has padding
+    with torch.inference_mode():
+        got = lean(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        want = reference(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        unpadded = lean(input_ids=input_ids[:1, : int(mask[0].sum())]).last_hidden_state
+    real = mask.bool()
+    assert (got - want)[real].abs().max().item() < 1e-4
+    # no mask at all (a pack of equal lengths) is the same computation
+    assert (unpadded[0] - want[0, : int(mask[0].sum())]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_engines_on_either_encoder_give_the_same_answers(bundle_v1: tuple[Path, str], precision: str) -> None:
+    """What a user sees: the same labels from the worker whichever encoder serves the bundle; confidences equal to
+    rounding in fp32 and close in bf16 (the fused QKV projection rounds in another order)."""
+    engines = {
+        impl: Engine(
+            load_bundle(bundle_v1[0], encoder_impl=impl),  # type: ignore[arg-type]
+            place("cpu", precision, 2),
+            token_budget=256,
+            max_batch_docs=8,
+        )
+        for impl in ("lean", "transformers")
+    }
+    assert type(engines["lean"].encoder).__name__ == "LeanBert"
+    assert type(engines["transformers"].encoder).__name__ == "BertModel"
+    lean, full = (engines[k].score(TEXTS, CHANNELS) for k in ("lean", "transformers"))
+    tolerance = 1e-4 if precision == "fp32" else 0.03
+    for a, b in zip(lean, full, strict=True):
+        assert a.model_version == b.model_version
+        for x, y in ((a.sentiment, b.sentiment), (a.topic, b.topic)):
+            if precision == "fp32" or (x.margin or 1) > 0.05:  # bf16 may swap a near tie
+                assert x.label == y.label
+            assert abs(x.score - y.score) < tolerance
+
+
+def test_loading_the_lean_encoder_does_not_import_transformers(bundle_v1: tuple[Path, str]) -> None:
+    """The point of the lean encoder: a worker or `riskstream score` starts seconds sooner."""
+    code = (
+        "import sys; from pathlib import Path; from riskstream.modeling import load_bundle; "
+        f"b = load_bundle(Path({str(bundle_v1[0])!r}), encoder_impl='auto'); "
+        "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+        "print(type(b.model.encoder).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "LeanBert"
+
+
+def test_the_int8_globs_name_the_same_layers_on_either_encoder(bundle_v1: tuple[Path, str]) -> None:
+    """``int8_fp32_modules`` is a user setting: it must keep meaning the same layers (the FFN down-projections)."""
+    glob = ["encoder.layer.?.output.dense"]
+    lean = load_bundle(bundle_v1[0], encoder_impl="lean").model.encoder
+    full = load_bundle(bundle_v1[0], encoder_impl="transformers").model.encoder
+    kept = {n for n, _ in lean.named_modules()} - set(int8_linear_names(lean, glob))
+    assert {f"encoder.layer.{i}.output.dense" for i in range(6)} <= kept
+    qkv = {f"encoder.layer.{i}.attention.self.qkv" for i in range(6)}
+    separate = {f"encoder.layer.{i}.attention.self.{p}" for i in range(6) for p in ("query", "key", "value")}
+    # the same quantized layers apart from the fused projection (and transformers' pooler, which nothing reads)
+    assert set(int8_linear_names(lean, glob)) - qkv == set(int8_linear_names(full, glob)) - separate - {"pooler.dense"}
+    engine = Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", "int8", 2), int8_fp32_modules=glob)
+    assert [s.topic.label for s in engine.score(TEXTS[:5], CHANNELS[:5])]  # the quantized lean encoder runs
+
+
+def test_an_architecture_it_does_not_cover_goes_to_transformers_or_is_refused(
+    bundle_v1: tuple[Path, str], tmp_path: Path
+) -> None:
+    """``auto`` hands a non-BERT encoder to transformers; ``lean`` says why it cannot serve it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_v1[0], bundle)
+    config = bundle / ENCODER_DIR / "config.json"
+    cfg = json.loads(config.read_text())
+    cfg["position_embedding_type"] = "relative_key"  # a BERT variant the lean encoder does not implement
+    config.write_text(json.dumps(cfg))
+    assert lean_support(bundle / ENCODER_DIR) == "position_embedding_type 'relative_key' is not absolute"
+    auto = load_bundle(bundle, verify=False, encoder_impl="auto")
+    assert type(auto.model.encoder).__name__ == "BertModel"
+    with pytest.raises(ArtifactError, match="relative_key"):
+        load_bundle(bundle, verify=False, encoder_impl="lean")
+    (bundle / ENCODER_DIR / "model.safetensors").unlink()
+    assert lean_support(bundle / ENCODER_DIR) == "no model.safetensors"
