@@ -11,11 +11,10 @@ says why a directory is not covered, and the loader falls back to transformers f
 transformers' ``BertModel`` (``last_hidden_state``) to float rounding: ``tests/inference/test_lean_bert.py``
 compares the two on the base encoder and on a trained bundle.
 
-Two differences from transformers' module, both for speed: the query, key and value projections are one Linear
-(``attention.self.qkv``; one GEMM of three times the width runs at a higher rate than three, measured 2.7 ms
-against 3 x 1.24 ms for 4,096 tokens of MiniLM in bf16), and there is no pooler (the product mean-pools).
-Module names otherwise follow transformers' (``encoder.layer.3.intermediate.dense``), so the int8 path's
-``int8_fp32_modules`` globs mean the same with either encoder.
+The module tree and parameter names are transformers' (``encoder.layer.3.attention.self.query``), so the weights
+load as saved and the int8 path's ``int8_fp32_modules`` globs mean the same with either encoder; there is no pooler
+(the product mean-pools). A fused QKV projection (one GEMM of three times the width) was tried and dropped: the
+GEMM is faster, but attention over the strided query/key/value views it yields was slower by more, in fp32 and bf16.
 """
 
 from __future__ import annotations
@@ -113,13 +112,19 @@ class _SelfAttention(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.heads = cfg.num_attention_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = x.shape
-        # (batch, length, 3, heads, head_dim) -> three (batch, heads, length, head_dim) views, no copy
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (batch, length, width) -> (batch, heads, length, head_dim)
+            return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+        out = functional.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=mask
+        )
         return out.transpose(1, 2).reshape(batch, length, width)
 
 
@@ -191,8 +196,10 @@ class LeanBert(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         mask: torch.Tensor | None = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            # additive mask in the activations' dtype, broadcast over heads and query positions (as transformers)
-            keep = attention_mask[:, None, None, :].to(torch.bool)
+            # additive mask in the activations' dtype, one row per query position (as transformers builds it for
+            # SDPA; measured a little faster than a mask broadcast over the query positions)
+            batch, length = attention_mask.shape
+            keep = attention_mask[:, None, None, :].to(torch.bool).expand(batch, 1, length, length)
             mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
         for layer in self.encoder.layer:
             x = layer(x, mask)
@@ -209,41 +216,23 @@ class LeanBert(nn.Module):
             raise ValueError(f"{encoder_dir}: not loadable without transformers ({why})")
         cfg = BertConfig.from_dict(json.loads((encoder_dir / "config.json").read_text(encoding="utf-8")))
         model = cls(cfg)
-        model.load_state_dict(_map_state(load_file(str(encoder_dir / WEIGHTS_FILE)), cfg))
+        model.load_state_dict(_map_state(load_file(str(encoder_dir / WEIGHTS_FILE))))
         return model.eval()
 
 
-def _map_state(raw: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
-    """transformers' ``BertModel`` state dict (with or without the ``bert.`` prefix) -> :class:`LeanBert`'s."""
+def _map_state(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' ``BertModel`` state dict (with or without the ``bert.`` prefix of a task model; old checkpoints
+    name LayerNorm parameters gamma/beta) -> :class:`LeanBert`'s: the same names, without the pooler."""
     prefix = "bert." if any(k.startswith("bert.") for k in raw) else ""
-    get = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
-    # old checkpoints name LayerNorm parameters gamma/beta
-    get = {
-        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
-        for k, v in get.items()
-    }
     out: dict[str, torch.Tensor] = {}
-    for name in (
-        "embeddings.word_embeddings.weight",
-        "embeddings.position_embeddings.weight",
-        "embeddings.token_type_embeddings.weight",
-        "embeddings.LayerNorm.weight",
-        "embeddings.LayerNorm.bias",
-    ):
-        out[name] = get[name]
-    for i in range(cfg.num_hidden_layers):
-        p = f"encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{p}attention.self.qkv.{kind}"] = torch.cat(
-                [get[f"{p}attention.self.{part}.{kind}"] for part in ("query", "key", "value")]
-            )
-        for sub in (
-            "attention.output.dense",
-            "attention.output.LayerNorm",
-            "intermediate.dense",
-            "output.dense",
-            "output.LayerNorm",
-        ):
-            for kind in ("weight", "bias"):
-                out[f"{p}{sub}.{kind}"] = get[f"{p}{sub}.{kind}"]
+    for key, tensor in raw.items():
+        if not key.startswith(prefix):
+            continue
+        name = (
+            key[len(prefix) :]
+            .replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias")
+        )
+        if name.startswith(("embeddings.", "encoder.layer.")) and not name.endswith("position_ids"):
+            out[name] = tensor
     return out
