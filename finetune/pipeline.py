@@ -268,7 +268,7 @@ def run_pipeline(
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
                     "freeze_layers",
                     "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing", "seed",
-                    "include_db_labels",
+                    "include_db_labels", "ema_decay", "ema_start",
                 }
             }  # fmt: skip
             config.update(
@@ -278,6 +278,7 @@ def run_pipeline(
                     "train_seconds": round(result.seconds, 1),
                     "device": str(result.device),
                     "precision": result.precision,
+                    "ema_steps": result.ema_steps,
                     "threads": torch.get_num_threads(),
                     "label_sets": {t: list(s.labels) for t, s in specs.items()},
                     "train_rows": {t: len(r) for t, r in data.train.items()},

@@ -112,6 +112,22 @@ class FinetuneSettings(CommonSettings):
         "which one temperature per head cannot undo when the head's other sets want another; too much blurs "
         "rare classes. Temperature scaling on dev still follows.",
     )
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Exponential moving average of the weights (torch.optim.swa_utils): the saved model is the "
+        "average, weighted by this decay per step, of the weights after each step from ema_start on. An average "
+        "of nearby solutions is often better calibrated and generalises a little better than the last step's "
+        "weights; 0.999 averages roughly the last thousand steps. 0 = off (the last step's weights).",
+    )
+    ema_start: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="With ema_decay: the fraction of training (by steps or time budget) from which weights are "
+        "averaged; earlier weights, from the freshly initialised heads on, stay out of the average.",
+    )
     seed: int = Field(default=42, description="Random seed (sampling, initialisation, subsampling).")
     device: str = Field(
         default="auto", description="Training device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N."

@@ -47,6 +47,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     precision: str = "fp32"
     step_shares: dict[str, float] = field(default_factory=dict)  # "<task>/<dataset>" -> share of the steps
+    ema_steps: int = 0  # steps averaged into the saved weights (0: the last step's weights)
 
 
 def seed_everything(seed: int) -> None:
@@ -271,6 +272,13 @@ def train(
         frozen,
     )
 
+    ema: Any = None
+    if settings.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # a copy of the weights (the first update copies the current ones, later ones blend them in)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+    ema_steps = 0
     stream_keys = sorted(weights)
     stream_probs = [weights[key] for key in stream_keys]
     history: list[dict[str, float]] = []
@@ -314,6 +322,9 @@ def train(
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
+            if ema is not None and progress_done >= settings.ema_start:
+                ema.update_parameters(model)
+                ema_steps += 1
             value = float(loss.detach())
             running[task] = value if task not in running else 0.95 * running[task] + 0.05 * value
             if step % 50 == 0 or step == total - 1:
@@ -322,8 +333,20 @@ def train(
             bar.update(1)
     finally:
         bar.close()
-    model.eval()
     seconds = time.monotonic() - started
+    if ema is not None:
+        if ema_steps:
+            model.load_state_dict(ema.module.state_dict())
+            log.info(
+                "saving the moving average (decay %s) of the last %d steps' weights", settings.ema_decay, ema_steps
+            )
+        else:
+            log.warning(
+                "training ended before ema_start (%.2f): no weights averaged, the last step's are saved",
+                settings.ema_start,
+            )
+        del ema
+    model.eval()
     log.info("trained %d of %d planned steps in %.0f s", stopped_at, total, seconds)
     return TrainResult(
         model=model,
@@ -335,6 +358,7 @@ def train(
         history=history,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         step_shares=shares,
+        ema_steps=ema_steps,
     )
 
 
