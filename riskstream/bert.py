@@ -9,7 +9,7 @@ What it covers: ``model_type`` ``bert`` (all-MiniLM-L6-v2, the base encoder, and
 absolute position embeddings and a GELU feed-forward, weights in ``model.safetensors``. :func:`lean_support`
 says why a directory is not covered, and the loader falls back to transformers for it. The output equals
 transformers' ``BertModel`` (``last_hidden_state``) to float rounding: ``tests/inference/test_lean_bert.py``
-compares the two on the base encoder and on a trained bundle.
+compares the two on the base encoder, and the engine's answers on either encoder.
 
 The module tree and parameter names are transformers' (``encoder.layer.3.attention.self.query``), so the weights
 load as saved and the int8 path's ``int8_fp32_modules`` globs mean the same with either encoder; there is no pooler
@@ -208,7 +208,7 @@ class LeanBert(nn.Module):
     @classmethod
     def from_pretrained(cls, encoder_dir: Path) -> LeanBert:
         """Load a Hugging Face BERT directory (``config.json`` and ``model.safetensors``); raises ``ValueError`` for
-        a directory :func:`lean_support` rejects and ``KeyError`` for a weight file that misses a tensor."""
+        a directory :func:`lean_support` rejects and ``RuntimeError`` for a weight file whose tensors do not match."""
         from safetensors.torch import load_file
 
         why = lean_support(encoder_dir)
