@@ -119,7 +119,10 @@ class FinetuneSettings(CommonSettings):
         description="Exponential moving average of the weights (torch.optim.swa_utils): the saved model is the "
         "average, weighted by this decay per step, of the weights after each step from ema_start on. An average "
         "of nearby solutions is often better calibrated and generalises a little better than the last step's "
-        "weights; 0.999 averages roughly the last thousand steps. 0 = off (the last step's weights).",
+        "weights; 0.999 averages roughly the last thousand steps. 0 = off (the last step's weights). Measured with "
+        "bf16 over three epochs (docs/models.md, run 19): phrasebank +2.1 points dev macro-F1 and test ECE 0.047, "
+        "but its dev ECE stayed over 0.05, the other sets lost up to 1.7 points, and the averaging cost 8% of the "
+        "steps on a 2-core CPU; hence off by default.",
     )
     ema_start: float = Field(
         default=0.5,
