@@ -14,6 +14,18 @@ from typing import Any
 
 from riskstream.settings import CommonSettings
 
+# short documents of both channels and very different lengths, so a pack pads some rows: the engine tests' input
+MIXED_DOCS: tuple[tuple[str, str], ...] = (
+    ("Shares of Acme plunged 20% after the company cut its full-year guidance.", "news"),
+    ("I was charged twice for the same card payment, please refund me", "customer_service"),
+    ("Fed holds rates steady", "news"),
+    ("ok", "customer_service"),
+    (
+        "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
+        "news",
+    ),
+)
+
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout

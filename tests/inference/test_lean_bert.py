@@ -16,17 +16,12 @@ from inference.device import place
 from inference.engine import Engine, int8_linear_names
 from riskstream.bert import LeanBert, lean_support
 from riskstream.modeling import ENCODER_DIR, ArtifactError, LeanTokenizer, default_base_model, load_bundle
+from tests.inference.helpers import MIXED_DOCS
 
 pytestmark = pytest.mark.slow
 
-TEXTS = [
-    "Shares of Acme plunged 20% after the company cut its full-year guidance.",
-    "I was charged twice for the same card payment, please refund me",
-    "Fed holds rates steady",
-    "ok",
-    "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
-] * 6
-CHANNELS = ["news", "customer_service", "news", "customer_service", "news"] * 6
+TEXTS = [text for text, _ in MIXED_DOCS] * 6
+CHANNELS = [channel for _, channel in MIXED_DOCS] * 6
 
 
 def _padded(tokenizer: LeanTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,17 +14,12 @@ from inference.device import place
 from inference.engine import Engine
 from inference.ort import cache_key, cached_export, quantizable_nodes
 from riskstream.modeling import load_bundle
+from tests.inference.helpers import MIXED_DOCS
 
 pytestmark = pytest.mark.slow
 
-TEXTS = [
-    "Shares of Acme plunged 20% after the company cut its full-year guidance.",
-    "I was charged twice for the same card payment, please refund me",
-    "Fed holds rates steady",
-    "ok",
-    "Quarterly revenue beat expectations on strong cloud demand, and the board raised the dividend by 10 percent.",
-] * 8
-CHANNELS = ["news", "customer_service", "news", "customer_service", "news"] * 8
+TEXTS = [text for text, _ in MIXED_DOCS] * 8
+CHANNELS = [channel for _, channel in MIXED_DOCS] * 8
 
 
 @pytest.fixture(scope="module")
