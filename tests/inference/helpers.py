@@ -27,6 +27,22 @@ MIXED_DOCS: tuple[tuple[str, str], ...] = (
 )
 
 
+def load_in_fresh_process(bundle: Path, load_kwargs: str, then_print: str) -> str:
+    """Load ``bundle`` with ``load_bundle(path, <load_kwargs>)`` in a new Python process, fail if that imported
+    transformers, and return what ``then_print`` (an expression over the loaded bundle ``b``) printed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from riskstream.modeling import load_bundle; "
+        f"b = load_bundle(Path({str(bundle)!r}), {load_kwargs}); "
+        "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+        f"print({then_print})"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    return out.stdout.strip()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from inference.device import place
 from inference.engine import Engine, int8_linear_names
 from riskstream.bert import LeanBert, lean_support
 from riskstream.modeling import ENCODER_DIR, ArtifactError, LeanTokenizer, default_base_model, load_bundle
-from tests.inference.helpers import MIXED_DOCS
+from tests.inference.helpers import MIXED_DOCS, load_in_fresh_process
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +59,7 @@ def test_engines_on_either_encoder_give_the_same_answers(bundle_v1: tuple[Path, 
     rounding in fp32 and close in bf16."""
     engines = {
         impl: Engine(
-            load_bundle(bundle_v1[0], encoder_impl=impl),  # type: ignore[arg-type]
+            load_bundle(bundle_v1[0], encoder_impl=impl),
             place("cpu", precision, 2),
             token_budget=256,
             max_batch_docs=8,
@@ -82,14 +80,7 @@ def test_engines_on_either_encoder_give_the_same_answers(bundle_v1: tuple[Path, 
 
 def test_loading_the_lean_encoder_does_not_import_transformers(bundle_v1: tuple[Path, str]) -> None:
     """The point of the lean encoder: a worker or `riskstream score` starts seconds sooner."""
-    code = (
-        "import sys; from pathlib import Path; from riskstream.modeling import load_bundle; "
-        f"b = load_bundle(Path({str(bundle_v1[0])!r}), encoder_impl='auto'); "
-        "assert 'transformers' not in sys.modules, 'transformers was imported'; "
-        "print(type(b.model.encoder).__name__)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == "LeanBert"
+    assert load_in_fresh_process(bundle_v1[0], "encoder_impl='auto'", "type(b.model.encoder).__name__") == "LeanBert"
 
 
 def test_the_int8_globs_name_the_same_layers_on_either_encoder(bundle_v1: tuple[Path, str]) -> None:
