@@ -43,13 +43,16 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from inference.settings import EngineSettings, WorkerSettings
 from riskstream.cliutil import echo_json, with_settings
 from riskstream.hardware import cpu_summary
+
+if TYPE_CHECKING:  # riskstream.modeling imports torch; the CLI loads this module without it
+    from riskstream.modeling import EncoderImpl
 
 log = logging.getLogger(__name__)
 
@@ -183,21 +186,17 @@ def _timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
     return out, best
 
 
-def _load_bundle(settings: EngineSettings, encoder_impl: str = "transformers") -> Any:
+def _load_bundle(settings: EngineSettings, encoder_impl: EncoderImpl = "transformers") -> Any:
     from riskstream.modeling import load_bundle
 
     if settings.bundle is not None:
-        return load_bundle(settings.bundle, encoder_impl=encoder_impl)  # type: ignore[arg-type]
+        return load_bundle(settings.bundle, encoder_impl=encoder_impl)
     from inference.hotswap import registry_lookup
 
     record = registry_lookup(settings.db_url)()
     if record is None:
         raise click.ClickException("no champion model: pass --bundle PATH or run `riskstream finetune run`")
-    return load_bundle(
-        Path(record.artifact_path),
-        expected_sha256=record.artifact_sha256,
-        encoder_impl=encoder_impl,  # type: ignore[arg-type]
-    )
+    return load_bundle(Path(record.artifact_path), expected_sha256=record.artifact_sha256, encoder_impl=encoder_impl)
 
 
 def run_inference_bench(
