@@ -78,7 +78,7 @@ def _evaluate_version(
     from finetune.evaluate import metrics_from_logits, score_examples
     from finetune.report import reports_dir, write_report
     from finetune.train import select_device
-    from riskstream.modeling import ArtifactError, load_bundle
+    from riskstream.modeling import ArtifactError, load_bundle, row_temperatures
     from riskstream.registry import get_champion, get_version
 
     db = _db(settings)
@@ -113,12 +113,14 @@ def _evaluate_version(
             rows, stats = read_eval_split(seed_data, name, split, spec.labels)
         except DataError as exc:
             raise click.ClickException(str(exc)) from exc
-        logits, labels = score_examples(
+        scored = score_examples(
             bundle.model, bundle.tokenizer, rows, task, max_length=bundle.manifest.max_length,
             normalization=bundle.manifest.text_normalization,
             batch_size=settings.eval_batch_size, progress=True, desc=f"{name}/{split}",
         )  # fmt: skip
-        m = metrics_from_logits(logits, labels, spec.labels, spec.temperature)
+        with torch.no_grad():
+            temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
+        m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature)
         result: dict[str, Any] = {
             "dataset": name,
             "split": split,
@@ -131,6 +133,8 @@ def _evaluate_version(
             },
             **m,
         }
+        if spec.sources:  # calibrated per source: "temperature" above is the mean of the rows' temperatures
+            result["source_temperatures"] = dict(zip(spec.sources, spec.source_temperatures, strict=True))
         written = write_report(out_dir, f"{name}-{split}", result, list(spec.labels))
         result.pop("confusion", None)
         result.pop("reliability", None)

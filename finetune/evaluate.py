@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -11,14 +11,22 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from finetune.calibrate import ece, nll, reliability
 from finetune.data import Example
-from finetune.train import predict_logits
+from finetune.train import predict_outputs
 from riskstream.modeling import MultiTaskModel
 
 
 def metrics_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, label_names: Sequence[str], temperature: float, *, detail: bool = True
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_names: Sequence[str],
+    temperature: float | torch.Tensor,
+    *,
+    detail: bool = True,
 ) -> dict[str, Any]:
-    """Metrics for calibrated probabilities ``softmax(logits / temperature)``; ECE also before calibration."""
+    """Metrics for calibrated probabilities ``softmax(logits / temperature)``; ECE also before calibration.
+
+    ``temperature`` is one number, or one per row (shape ``[rows, 1]``, a calibration per source); then the
+    metrics' ``temperature`` is their mean."""
     n = int(labels.shape[0])
     if n == 0:
         return {"n": 0, "accuracy": 0.0, "macro_f1": 0.0}
@@ -34,7 +42,7 @@ def metrics_from_logits(
         "ece": ece(probs, labels),
         "ece_uncalibrated": ece(raw, labels),
         "nll": nll(logits, labels, temperature),
-        "temperature": temperature,
+        "temperature": float(temperature.mean()) if isinstance(temperature, torch.Tensor) else temperature,
     }
     if detail:
         # macro-F1 over the labels present in gold or predictions would be kinder to small slices; keep all labels
@@ -48,6 +56,12 @@ def metrics_from_logits(
     return out
 
 
+class Scored(NamedTuple):
+    logits: torch.Tensor  # [rows, labels], raw
+    labels: torch.Tensor  # [rows], gold label indices
+    pooled: torch.Tensor  # [rows, hidden], the embeddings the heads read
+
+
 def score_examples(
     model: MultiTaskModel,
     tokenizer: Any,
@@ -59,8 +73,8 @@ def score_examples(
     batch_size: int = 128,
     progress: bool = False,
     desc: str = "score",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = predict_logits(
+) -> Scored:
+    logits, pooled = predict_outputs(
         model,
         tokenizer,
         [ex.text for ex in rows],
@@ -72,7 +86,7 @@ def score_examples(
         desc=desc,
     )
     labels = torch.tensor(np.array([ex.label for ex in rows], dtype=np.int64))
-    return logits, labels
+    return Scored(logits, labels, pooled)
 
 
 def summarize(per_dataset: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -11,22 +11,25 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import random
 import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from sqlalchemy import select
+from torch import nn
 
 from finetune import registry as reg
-from finetune.calibrate import ece, fit_temperature
+from finetune.calibrate import ece, fit_source_classifier, fit_source_temperatures, fit_temperature
 from finetune.data import DATASETS, Example, TrainingData, check_label_sets, count_labels, load_training_data
-from finetune.evaluate import metrics_from_logits, score_examples, summarize
+from finetune.evaluate import Scored, metrics_from_logits, score_examples, summarize
 from finetune.gate import decide
 from finetune.report import reports_dir, write_report
 from finetune.settings import FinetuneSettings
@@ -39,6 +42,7 @@ from riskstream.modeling import (
     TaskSpec,
     load_bundle,
     read_manifest,
+    row_temperatures,
     save_bundle,
 )
 from riskstream.registry import get_champion
@@ -121,6 +125,12 @@ def _dev_by_task(data: TrainingData) -> dict[str, list[str]]:
 CALIBRATION_ECE_WARN = 0.05
 
 
+# rows per source dataset the source classifier of a calibration per source is fitted on (from the train split),
+# and the dev rows a source needs before it gets a temperature of its own
+SOURCE_CLASSIFIER_ROWS = 1000
+MIN_SOURCE_ROWS = 30
+
+
 def evaluate_on_dev(
     model: MultiTaskModel,
     tokenizer: Any,
@@ -131,17 +141,24 @@ def evaluate_on_dev(
     normalization: str,
     batch_size: int,
     calibrate: bool,
+    calibration: str = "per_head",
+    train_rows: dict[str, list[Example]] | None = None,
+    seed: int = 42,
     progress: bool = True,
     desc: str = "dev",
-) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """(temperature per task, metrics per dataset). With ``calibrate`` the temperatures are fitted on these rows
-    (all datasets of a task pooled); otherwise the ones in ``specs`` are used."""
-    logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+) -> tuple[dict[str, TaskSpec], dict[str, dict[str, Any]]]:
+    """(the specs with their calibration, metrics per dataset).
+
+    With ``calibrate`` the temperatures are fitted on these rows (all datasets of a task pooled). With
+    ``calibration="per_source"`` and ``train_rows`` (task -> train examples), a head with two or more dev datasets
+    gets a temperature per dataset and a source classifier, which is attached to ``model.source_classifiers``
+    (``save_bundle`` writes it). Without ``calibrate`` the specs' calibrations and the model's classifiers are used."""
+    scored: dict[str, Scored] = {}
     for name, rows in dev.items():
         task = DATASETS[name].task
         if task not in specs or not rows:
             continue
-        logits[name] = score_examples(
+        scored[name] = score_examples(
             model,
             tokenizer,
             rows,
@@ -152,38 +169,114 @@ def evaluate_on_dev(
             progress=progress,
             desc=f"{desc} {name}",
         )
-    temperatures: dict[str, float] = {}
+    out_specs: dict[str, TaskSpec] = {}
     for task, spec in specs.items():
-        names = [n for n in logits if DATASETS[n].task == task]
-        if calibrate and names:
-            temperatures[task] = fit_temperature(
-                torch.cat([logits[n][0] for n in names]), torch.cat([logits[n][1] for n in names])
-            )
-        else:
-            temperatures[task] = spec.temperature
-    metrics = {
-        name: metrics_from_logits(lg, lb, specs[DATASETS[name].task].labels, temperatures[DATASETS[name].task])
-        for name, (lg, lb) in logits.items()
-    }
+        names = [n for n in scored if DATASETS[n].task == task]
+        if not calibrate or not names:
+            out_specs[task] = spec
+            continue
+        single = fit_temperature(
+            torch.cat([scored[n].logits for n in names]), torch.cat([scored[n].labels for n in names])
+        )
+        out_specs[task] = replace(spec, temperature=single, sources=(), source_temperatures=())
+        if task in model.source_classifiers:
+            del model.source_classifiers[task]
+        if calibration == "per_source" and train_rows is not None and len(names) >= 2:
+            fitted = _fit_per_source(
+                model, tokenizer, task, scored={n: scored[n] for n in names}, train_rows=train_rows[task],
+                max_length=max_length, normalization=normalization, batch_size=batch_size, seed=seed,
+                progress=progress,
+            )  # fmt: skip
+            if fitted is not None:
+                out_specs[task] = replace(out_specs[task], sources=tuple(names), source_temperatures=fitted[0])
+                model.source_classifiers[task] = fitted[1]
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, sc in scored.items():
+        task = DATASETS[name].task
+        spec = out_specs[task]
+        source_classifier = model.source_classifier(task)
+        with torch.no_grad():
+            temperature = row_temperatures(spec, source_classifier, sc.pooled) if spec.sources else spec.temperature
+        metrics[name] = metrics_from_logits(sc.logits, sc.labels, spec.labels, temperature)
+        if spec.sources and source_classifier is not None and name in spec.sources:
+            with torch.no_grad():
+                guess = source_classifier(sc.pooled).argmax(dim=1)
+            metrics[name]["source_accuracy"] = float((guess == spec.sources.index(name)).float().mean())
     if calibrate:
-        _check_shared_temperatures(logits, metrics, temperatures)
-    return temperatures, metrics
+        _check_shared_temperatures(
+            {n: (sc.logits, sc.labels) for n, sc in scored.items()},
+            metrics,
+            {t: s.temperature for t, s in out_specs.items()},
+            per_source={t for t, s in out_specs.items() if s.sources},
+        )
+    return out_specs, metrics
+
+
+def _fit_per_source(
+    model: MultiTaskModel,
+    tokenizer: Any,
+    task: str,
+    *,
+    scored: dict[str, Scored],
+    train_rows: list[Example],
+    max_length: int,
+    normalization: str,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> tuple[tuple[float, ...], nn.Linear] | None:
+    """(a temperature per source, the source classifier) for one head, or None (logged) when a source has too few
+    dev or train rows to be calibrated on its own."""
+    rng = random.Random(seed)
+    names = list(scored)
+    sample: dict[str, list[Example]] = {}
+    for name in names:
+        rows = [ex for ex in train_rows if ex.source == name]
+        if len(rows) < MIN_SOURCE_ROWS or scored[name].labels.shape[0] < MIN_SOURCE_ROWS:
+            log.warning(
+                "%s: %s has %d train and %d dev rows, too few for a temperature of its own (%d of each needed); "
+                "the head keeps one temperature", task, name, len(rows), scored[name].labels.shape[0],
+                MIN_SOURCE_ROWS,
+            )  # fmt: skip
+            return None
+        sample[name] = rng.sample(rows, min(SOURCE_CLASSIFIER_ROWS, len(rows)))
+    pooled = {
+        name: score_examples(model, tokenizer, rows, task, max_length=max_length, normalization=normalization,
+                             batch_size=batch_size, progress=progress, desc=f"sources {name}").pooled
+        for name, rows in sample.items()
+    }  # fmt: skip
+    classifier = fit_source_classifier(pooled)
+    temperatures = fit_source_temperatures(classifier, {n: scored[n] for n in names})
+    log.info(
+        "%s calibrated per source: %s",
+        task,
+        ", ".join(f"{n} T={t:.2f}" for n, t in zip(names, temperatures, strict=True)),
+    )
+    return temperatures, classifier
 
 
 def _check_shared_temperatures(
     logits: dict[str, tuple[torch.Tensor, torch.Tensor]],
     metrics: dict[str, dict[str, Any]],
     temperatures: dict[str, float],
+    per_source: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """A head serves all its datasets with one temperature. Where it has several, record the temperature each
-    dataset alone would get and the dev ECE it would reach with it (``temperature_alone``, ``ece_alone``), and warn
-    when the shared one leaves a dataset's dev ECE above CALIBRATION_ECE_WARN. The warning gives both ECEs: far
-    apart, sharing is the cause (the head's confidences mean different things on different kinds of text); close,
-    the dataset is hard to calibrate by a temperature at all, or its dev set is too small to tell."""
+    """A head may serve several datasets. Where it does, record the temperature each dataset alone would get and
+    the dev ECE it would reach with it (``temperature_alone``, ``ece_alone``), and warn when the head's calibration
+    (its one temperature, or for the tasks in ``per_source`` its temperatures per source) leaves a dataset's dev ECE
+    above CALIBRATION_ECE_WARN. The warning gives both ECEs: far apart, sharing is the cause (the head's confidences
+    mean different things on different kinds of text); close, the dataset is hard to calibrate by a temperature at
+    all, or its dev set is too small to tell."""
     for task, temperature in temperatures.items():
         names = [n for n in logits if DATASETS[n].task == task]
         if len(names) < 2:
             continue
+        how = (
+            "temperatures per source"
+            if task in per_source
+            else f"one temperature ({temperature:.2f}, fitted on {' + '.join(sorted(names))} together)"
+        )
+        how = f"calibration ({how})"
         for name in names:
             lg, lb = logits[name]
             alone = fit_temperature(lg, lb)
@@ -191,11 +284,9 @@ def _check_shared_temperatures(
             metrics[name]["ece_alone"] = ece(torch.softmax(lg.float() / alone, -1), lb)
             if metrics[name]["ece"] > CALIBRATION_ECE_WARN:
                 log.warning(
-                    "%s: the head's one temperature (%.2f, fitted on %s together) leaves %s at dev ECE %.3f; "
-                    "its own temperature (%.2f) would give %.3f.",
+                    "%s: the head's %s leaves %s at dev ECE %.3f; its own temperature (%.2f) would give %.3f.",
                     task,
-                    temperature,
-                    " + ".join(sorted(names)),
+                    how,
                     name,
                     metrics[name]["ece"],
                     alone,
@@ -206,6 +297,7 @@ def _check_shared_temperatures(
 def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     keys = ["n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature"]
     keys += ["temperature_alone", "ece_alone"]  # datasets of a shared head only
+    keys += ["source_accuracy"]  # datasets of a head calibrated per source
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
 
 
@@ -247,14 +339,15 @@ def run_pipeline(
             champ_specs = _champion_specs(champion.artifact_path) if champion is not None else None
             label_changes = check_label_sets(data.specs, champ_specs, allow_new_label_set=eff.allow_new_label_set)
             result = train(eff, data, should_stop=should_stop, progress=progress, max_steps=max_steps)
-            temperatures, dev_metrics = evaluate_on_dev(
+            specs, dev_metrics = evaluate_on_dev(
                 result.model, result.tokenizer, data.specs, data.dev,
                 max_length=eff.max_length, normalization=eff.text_normalization, batch_size=eff.eval_batch_size,
-                calibrate=True, progress=progress,
+                calibrate=True, calibration=eff.calibration, train_rows=data.train, seed=eff.seed,
+                progress=progress,
             )  # fmt: skip
-            specs = {
-                task: TaskSpec(s.name, s.channel, s.kind, s.labels, temperatures[task])
-                for task, s in data.specs.items()
+            temperatures: dict[str, Any] = {
+                task: dict(zip(s.sources, s.source_temperatures, strict=True)) if s.sources else s.temperature
+                for task, s in specs.items()
             }
             version = new_version(data.fingerprint)
             bundle_root = eff.models_dir / version
@@ -268,7 +361,7 @@ def run_pipeline(
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
                     "freeze_layers",
                     "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing", "seed",
-                    "include_db_labels", "ema_decay", "ema_start",
+                    "include_db_labels", "ema_decay", "ema_start", "calibration",
                 }
             }  # fmt: skip
             config.update(

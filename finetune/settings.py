@@ -112,6 +112,14 @@ class FinetuneSettings(CommonSettings):
         "which one temperature per head cannot undo when the head's other sets want another; too much blurs "
         "rare classes. Temperature scaling on dev still follows.",
     )
+    calibration: Literal["per_head", "per_source"] = Field(
+        default="per_source",
+        description="Temperature scaling on dev. per_head: one temperature per head. per_source: a head trained on "
+        "several datasets (news sentiment: phrasebank's news sentences and the tweets) gets a temperature per "
+        "dataset, and a linear classifier on the pooled embedding, fitted on up to 1,000 train rows per dataset, "
+        "weighs them for each document; after long training one temperature cannot serve both kinds of text "
+        "(docs/models.md). Heads with one dataset have one temperature either way.",
+    )
     ema_decay: float = Field(
         default=0.0,
         ge=0,

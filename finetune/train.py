@@ -363,7 +363,7 @@ def train(
 
 
 @torch.inference_mode()
-def predict_logits(
+def predict_outputs(
     model: MultiTaskModel,
     tokenizer: Any,
     texts: Sequence[str],
@@ -374,24 +374,27 @@ def predict_logits(
     batch_size: int = 128,
     progress: bool = False,
     desc: str = "score",
-) -> torch.Tensor:
-    """Raw logits of one head for ``texts`` (length-sorted batches, original order restored), float32 on CPU."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw logits of one head, pooled embeddings) for ``texts``: length-sorted batches, original order restored,
+    float32 on CPU. The embeddings are what a calibration per source reads."""
     model.eval()
     device = next(model.parameters()).device
     ids = tokenize(tokenizer, texts, max_length, normalization)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     head = model.heads[task]
     assert isinstance(head, nn.Linear)
-    n_labels = head.out_features
-    out = torch.zeros((len(ids), n_labels), dtype=torch.float32)
+    out = torch.zeros((len(ids), head.out_features), dtype=torch.float32)
+    pooled_out = torch.zeros((len(ids), head.in_features), dtype=torch.float32)
     pad_id = tokenizer.pad_token_id or 0
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", disable=not progress, mininterval=2.0):
         idx = order[start : start + batch_size]
         input_ids, mask = pad([ids[i] for i in idx], pad_id)
-        logits = model(input_ids.to(device), mask.to(device), [task])[task]
-        out[torch.tensor(idx)] = logits.float().cpu()
-    return out
+        pooled = model.embed(input_ids.to(device), mask.to(device))
+        rows = torch.tensor(idx)
+        out[rows] = head(pooled).float().cpu()
+        pooled_out[rows] = pooled.float().cpu()
+    return out, pooled_out
 
 
 def example_texts(rows: Sequence[Example]) -> list[str]:

@@ -150,10 +150,11 @@ def make_pipeline(bundle: Any, task: str) -> Any:
         def _forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
             ids, mask = inputs["input_ids"], inputs["attention_mask"]
             out = self.model.encoder(input_ids=ids, attention_mask=mask)
-            return {"logits": self.model.heads[task](mean_pool(out.last_hidden_state, mask))}
+            pooled = mean_pool(out.last_hidden_state, mask)
+            return {"logits": self.model.heads[task](pooled), "pooled": pooled}
 
         def postprocess(self, outputs: dict[str, Any]) -> dict[str, Any]:
-            probs = bundle.calibrated_probs(task, outputs["logits"])[0]
+            probs = bundle.calibrated_probs(task, outputs["logits"], outputs["pooled"])[0]
             i = int(torch.argmax(probs))
             return {"label": labels[i], "score": float(probs[i])}
 

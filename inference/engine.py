@@ -36,7 +36,7 @@ from torch import nn
 
 from inference.batching import pack_by_budget
 from inference.device import Placement
-from riskstream.modeling import LoadedBundle, mean_pool, tasks_for_channel
+from riskstream.modeling import LoadedBundle, calibrated_probs, mean_pool, tasks_for_channel
 from schemas.records import CHANNELS, Prediction
 
 if TYPE_CHECKING:
@@ -146,6 +146,11 @@ class Engine:
             self.encoder, self.heads = self._prepare(bundle.model, placement, self.int8_fp32_modules)
         else:
             raise ValueError(f"unknown backend {backend!r} (torch, onnxruntime)")
+        # heads calibrated per source weigh their sources' temperatures by these, on the pooled embedding
+        pooled_device = torch.device("cpu") if self.ort is not None else placement.device
+        self.source_classifiers: dict[str, nn.Module] = dict(
+            bundle.model.source_classifiers.to(pooled_device, dtype=torch.float32).eval().items()
+        )
         self.compiled = False
         self._neg_index = {
             task: (spec.labels.index("negative") if "negative" in spec.labels else None)
@@ -351,7 +356,8 @@ class Engine:
             rows = [r for r, ch in enumerate(channels) if ch == channel]
             sub = pooled if len(rows) == len(channels) else pooled[torch.tensor(rows, device=pooled.device)]
             for task in tasks_for_channel(channel):
-                probs = self.bundle.calibrated_probs(task, self.heads[task](sub)).cpu()
+                spec, classifier = self.bundle.manifest.tasks[task], self.source_classifiers.get(task)
+                probs = calibrated_probs(spec, self.heads[task](sub), sub, classifier).cpu()
                 for row, pred in zip(rows, self._predictions(task, probs), strict=True):
                     per_row[row][task] = pred
         out: list[DocScore] = []

@@ -11,8 +11,12 @@ Tasks: ``news_sentiment`` and ``news_topic`` for the ``news`` channel, ``cs_sent
 ``customer_service``. All tasks share the encoder, so a document costs one forward pass whatever its channel;
 the two heads of its channel read the same mean-pooled embedding.
 
-Confidences are calibrated with one temperature per task (fitted on dev by ``finetune``):
-``softmax(logits / temperature)``.
+Confidences are calibrated by temperature scaling (fitted on dev by ``finetune``): ``softmax(logits / T)``. A head
+trained on one dataset has one temperature. A head trained on several (news sentiment: news sentences and tweets)
+may have one per source dataset, because its confidences mean different things on different kinds of text; then
+a small linear classifier on the pooled embedding (``<task>.source.*`` in ``heads.safetensors``) gives each document
+its weights over the sources, and its temperature is ``exp(sum_s w_s * log T_s)``. The manifest's ``temperature``
+stays the one fitted on all sources together, for readers that know no more.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -109,14 +114,27 @@ class TaskSpec:
     kind: TaskKind
     labels: tuple[str, ...]
     temperature: float = 1.0
+    # calibration per source dataset (empty: ``temperature`` alone); see the module docstring
+    sources: tuple[str, ...] = ()
+    source_temperatures: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.source_temperatures) or len(self.sources) == 1:
+            raise ValueError(
+                f"task {self.name}: a calibration per source needs two or more sources, each with a temperature "
+                f"(got {list(self.sources)} and {list(self.source_temperatures)})"
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "channel": self.channel,
             "kind": self.kind,
             "labels": list(self.labels),
             "temperature": self.temperature,
         }
+        if self.sources:
+            out["source_temperatures"] = dict(zip(self.sources, self.source_temperatures, strict=True))
+        return out
 
 
 @dataclass
@@ -156,6 +174,8 @@ class BundleManifest:
                 kind=spec["kind"],
                 labels=tuple(spec["labels"]),
                 temperature=float(spec.get("temperature", 1.0)),
+                sources=tuple(spec.get("source_temperatures", {})),
+                source_temperatures=tuple(float(t) for t in spec.get("source_temperatures", {}).values()),
             )
             for name, spec in data["tasks"].items()
         }
@@ -185,14 +205,46 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / counts
 
 
+def row_temperatures(spec: TaskSpec, source_classifier: nn.Module | None, pooled: torch.Tensor) -> torch.Tensor:
+    """The calibration temperature of each row, shape ``[rows, 1]``: the task's one temperature, or with a
+    calibration per source the weighted geometric mean of the sources' temperatures, weighted by the source
+    classifier's probabilities for the row's pooled embedding."""
+    if not spec.sources:
+        return torch.full((pooled.shape[0], 1), spec.temperature, dtype=torch.float32, device=pooled.device)
+    if source_classifier is None:
+        raise ArtifactError(f"task {spec.name} is calibrated per source, but its source classifier is missing")
+    log_t = torch.tensor([math.log(t) for t in spec.source_temperatures], device=pooled.device)
+    with torch.no_grad():  # a calibration is fitted, never trained through
+        weights = torch.softmax(source_classifier(pooled.float()).float(), dim=-1)
+    return (weights @ log_t).exp().unsqueeze(1)
+
+
+def calibrated_probs(
+    spec: TaskSpec, logits: torch.Tensor, pooled: torch.Tensor | None, source_classifier: nn.Module | None = None
+) -> torch.Tensor:
+    """``softmax(logits / T)`` with the task's calibration (``pooled`` is needed only for a calibration per source)."""
+    if not spec.sources:
+        return torch.softmax(logits.float() / spec.temperature, dim=-1)
+    if pooled is None:
+        raise ValueError(f"task {spec.name} is calibrated per source: its probabilities need the pooled embedding")
+    return torch.softmax(logits.float() / row_temperatures(spec, source_classifier, pooled), dim=-1)
+
+
 class MultiTaskModel(nn.Module):
-    """Encoder + mean pooling + one linear head per task."""
+    """Encoder + mean pooling + one linear head per task (+ a source classifier per task calibrated per source)."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, tasks: dict[str, TaskSpec], dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, len(spec.labels)) for name, spec in tasks.items()})
+        self.source_classifiers = nn.ModuleDict(
+            {name: nn.Linear(hidden_size, len(spec.sources)) for name, spec in tasks.items() if spec.sources}
+        )
+
+    def source_classifier(self, task: str) -> nn.Module | None:
+        """The source classifier of a task calibrated per source, else None."""
+        return self.source_classifiers[task] if task in self.source_classifiers else None  # noqa: SIM401 (no .get)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -231,9 +283,9 @@ class LoadedBundle:
     def version(self) -> str:
         return self.manifest.version
 
-    def calibrated_probs(self, task: str, logits: torch.Tensor) -> torch.Tensor:
-        temperature = self.manifest.tasks[task].temperature
-        return torch.softmax(logits.float() / temperature, dim=-1)
+    def calibrated_probs(self, task: str, logits: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probabilities of ``task`` (``pooled``, the rows' embeddings, when it is calibrated per source)."""
+        return calibrated_probs(self.manifest.tasks[task], logits, pooled, self.model.source_classifier(task))
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
         """``texts`` as this bundle's model reads them (its manifest's text normalization)."""
@@ -249,18 +301,22 @@ class LoadedBundle:
         texts = self.prepare(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[dict[str, Any]] = [{} for _ in texts]
+        pad_id = self.tokenizer.pad_token_id or 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.manifest.max_length,
-                return_tensors="pt",
-            )
-            logits = self.model(enc["input_ids"].to(device), enc["attention_mask"].to(device), [sent_task, topic_task])
+            # unpadded ids, padded here: the lean tokenizer (encoder_impl lean/auto) does not pad
+            ids = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.manifest.max_length)
+            rows = ids["input_ids"]
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):
+                input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[r, : len(row)] = 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            pooled = self.model.embed(input_ids, mask).float()
             for task in (sent_task, topic_task):
-                probs = self.calibrated_probs(task, logits[task]).cpu()
+                probs = self.calibrated_probs(task, self.model.heads[task](pooled), pooled).cpu()
                 labels = self.manifest.tasks[task].labels
                 for row, i in enumerate(idx):
                     results[i][task] = {labels[j]: float(probs[row, j]) for j in range(len(labels))}
@@ -285,6 +341,15 @@ def save_bundle(model: MultiTaskModel, tokenizer: Any, manifest: BundleManifest,
         for name, head in model.heads.items()
         for p, t in head.state_dict().items()
     }
+    for name, spec in manifest.tasks.items():
+        if spec.sources:
+            classifier = model.source_classifiers[name]
+            heads.update(
+                {
+                    f"{name}.source.{p}": t.detach().float().cpu().contiguous()
+                    for p, t in classifier.state_dict().items()
+                }
+            )
     save_file(heads, str(tmp / HEADS_FILE))
     manifest.files = {str(p.relative_to(tmp)): sha256_file(p) for p in _bundle_files(tmp)}
     (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
@@ -437,6 +502,8 @@ def load_bundle(
         state = load_file(str(path / HEADS_FILE))
         for name, head in model.heads.items():
             head.load_state_dict({"weight": state[f"{name}.weight"], "bias": state[f"{name}.bias"]})
+        for name, classifier in model.source_classifiers.items():
+            classifier.load_state_dict({"weight": state[f"{name}.source.weight"], "bias": state[f"{name}.source.bias"]})
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise ArtifactError(f"bundle {path} cannot be loaded: {exc}") from exc
     model.to(device)

@@ -29,15 +29,15 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(rows)
 
 
-@pytest.fixture(scope="session")
-def seed_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few rows per label of every dataset and split (every label present, so heads keep their label sets)."""
+def write_slice(out: Path, rows_per_label: dict[str, dict[str, int]] | None = None) -> Path:
+    """The first rows of each label of every dataset and split (every label present, so heads keep their label
+    sets): SPLIT_ROWS_PER_LABEL, or ``rows_per_label[dataset][split]`` where given."""
     src = seed_root()
     if not (src / "banking77" / "train.csv").is_file():
         pytest.fail(f"seed data not found at {src}: set RISKSTREAM_SEED_DATA")
-    out = tmp_path_factory.mktemp("seed")
     for ds in ("financial_phrasebank", "fin_tweets_sentiment", "fin_tweets_topic", "cs_sentiment", "banking77"):
-        for split, per_label in SPLIT_ROWS_PER_LABEL.items():
+        for split, default in SPLIT_ROWS_PER_LABEL.items():
+            per_label = (rows_per_label or {}).get(ds, {}).get(split, default)
             with (src / ds / f"{split}.csv").open(encoding="utf-8", newline="") as fh:
                 taken: dict[str, int] = defaultdict(int)
                 rows: list[tuple[str, str]] = []
@@ -47,6 +47,12 @@ def seed_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         rows.append((row["text"], row["label"]))
             write_csv(out / ds / f"{split}.csv", rows)
     return out
+
+
+@pytest.fixture(scope="session")
+def seed_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few rows per label of every dataset and split."""
+    return write_slice(tmp_path_factory.mktemp("seed"))
 
 
 @pytest.fixture(scope="session")

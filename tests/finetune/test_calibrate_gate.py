@@ -1,14 +1,15 @@
-"""Calibration (temperature scaling, ECE) and the promotion gate: pure logic, no model."""
+"""Calibration (temperature scaling, per head and per source; ECE) and the promotion gate: pure logic, no model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from finetune.calibrate import ece, fit_temperature, nll
+from finetune.calibrate import ece, fit_source_classifier, fit_source_temperatures, fit_temperature, nll
 from finetune.evaluate import metrics_from_logits
 from finetune.gate import decide
 from finetune.pipeline import CALIBRATION_ECE_WARN, _check_shared_temperatures
+from riskstream.modeling import BundleManifest, TaskSpec, calibrated_probs, row_temperatures
 
 
 def _overconfident(n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,3 +108,61 @@ def test_a_head_with_one_dataset_is_not_second_guessed(caplog: pytest.LogCapture
         _check_shared_temperatures(logits, metrics, {"cs_topic": 1.0})
     assert "temperature_alone" not in metrics["banking77"] and "ece_alone" not in metrics["banking77"]
     assert caplog.text == ""
+
+
+def _two_kinds(seed: int, n: int = 2000) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Two sources of one head, told apart by their embeddings (two clusters in 16 dimensions): the sentences'
+    logits are over-confident, the tweets' are calibrated as they come. Made under inference mode, as the
+    scorer's are."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        centre = torch.zeros(16)
+        centre[0] = 2.0
+        sentences, sentence_labels = _overconfident(n=n, classes=3, seed=seed)
+        probs = torch.softmax(torch.randn(n, 3, generator=g) * 2, -1)
+        tweet_labels = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        return {
+            "financial_phrasebank": (sentences, sentence_labels, torch.randn(n, 16, generator=g) + centre),
+            "fin_tweets_sentiment": (probs.log(), tweet_labels, torch.randn(n, 16, generator=g) - centre),
+        }
+
+
+def test_a_temperature_per_source_calibrates_each_kind_of_text_where_one_cannot() -> None:
+    train, dev, test = _two_kinds(seed=1), _two_kinds(seed=2), _two_kinds(seed=3)
+    classifier = fit_source_classifier({name: pooled for name, (_, _, pooled) in train.items()})
+    temperatures = fit_source_temperatures(classifier, dev)
+    assert temperatures[0] > 1.5 and abs(temperatures[1] - 1.0) < 0.2
+    spec = TaskSpec(
+        "news_sentiment", "news", "sentiment", ("negative", "neutral", "positive"), 1.0,
+        sources=tuple(dev), source_temperatures=temperatures,
+    )  # fmt: skip
+    single = fit_temperature(torch.cat([lg for lg, _, _ in dev.values()]), torch.cat([lb for _, lb, _ in dev.values()]))
+    for logits, labels, pooled in test.values():
+        per_source = calibrated_probs(spec, logits, pooled, classifier)
+        assert ece(per_source, labels) < CALIBRATION_ECE_WARN < ece(torch.softmax(logits / single, -1), labels)
+        # a temperature per row changes no argmax either
+        assert torch.equal(per_source.argmax(1), logits.argmax(1))
+    # text between the two kinds gets a temperature between theirs
+    between = row_temperatures(spec, classifier, torch.zeros(1, 16))
+    assert temperatures[1] < float(between) < temperatures[0]
+    # without its embeddings, a head calibrated per source cannot be scored
+    with pytest.raises(ValueError, match="need the pooled embedding"):
+        calibrated_probs(spec, test["financial_phrasebank"][0], None, classifier)
+
+
+def test_a_calibration_per_source_is_recorded_in_the_manifest_and_checked_when_read() -> None:
+    sources = ("financial_phrasebank", "fin_tweets_sentiment")
+    spec = TaskSpec("news_sentiment", "news", "sentiment", ("negative", "neutral", "positive"), 2.4,
+                    sources=sources, source_temperatures=(3.0, 2.0))  # fmt: skip
+    manifest = BundleManifest(version="m-x", base_model="b", tasks={"news_sentiment": spec})
+    data = manifest.to_json()
+    assert data["tasks"]["news_sentiment"]["source_temperatures"] == {
+        "financial_phrasebank": 3.0,
+        "fin_tweets_sentiment": 2.0,
+    }
+    assert data["tasks"]["news_sentiment"]["temperature"] == 2.4  # readers that know no more still calibrate
+    assert BundleManifest.from_json(data).tasks["news_sentiment"] == spec
+    with pytest.raises(ValueError, match="two or more sources"):
+        TaskSpec("news_sentiment", "news", "sentiment", ("a", "b"), 1.0, sources=("x",), source_temperatures=(2.0,))
+    with pytest.raises(ValueError, match="two or more sources"):
+        TaskSpec("news_sentiment", "news", "sentiment", ("a", "b"), 1.0, sources=("x", "y"), source_temperatures=(2.0,))

@@ -20,7 +20,7 @@ from finetune.testing import tiny_settings
 from riskstream.db import Database
 from riskstream.modeling import ArtifactError, load_bundle, save_bundle
 from riskstream.registry import get_champion, get_version, list_versions
-from tests.finetune.conftest import write_csv
+from tests.finetune.conftest import write_csv, write_slice
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +225,34 @@ def test_bad_csv_rows_do_not_stop_a_run(seed_slice: Path, tmp_path: Path) -> Non
     data = load_training_data(seed)
     assert data.stats["cs_sentiment/train"]["empty"] == 1
     assert data.stats["cs_sentiment/train"]["malformed"] == 1
+
+
+def test_a_head_of_two_datasets_is_calibrated_per_source_and_evaluated_so(tmp_path: Path, db: Database) -> None:
+    # enough rows of the two news-sentiment sets for a temperature of their own (MIN_SOURCE_ROWS of each)
+    news = {"train": 20, "dev": 12, "test": 12}
+    seed = write_slice(tmp_path / "seed", {"financial_phrasebank": news, "fin_tweets_sentiment": news})
+    settings = tiny_settings(seed, tmp_path, max_train_per_task=None, max_dev_per_dataset=None)
+    summary = run_pipeline(settings, db, max_steps=3, progress=False)
+    with db.session() as session:
+        champ = get_champion(session)
+        assert champ is not None and champ.config["calibration"] == "per_source"
+        dev = champ.metrics["dev"]
+    bundle = load_bundle(Path(champ.artifact_path), expected_sha256=champ.artifact_sha256)
+    spec = bundle.manifest.tasks["news_sentiment"]
+    assert set(spec.sources) == {"financial_phrasebank", "fin_tweets_sentiment"}
+    temperatures = dict(zip(spec.sources, spec.source_temperatures, strict=True))
+    assert summary["temperatures"]["news_sentiment"] == temperatures
+    assert bundle.model.source_classifier("news_sentiment") is not None
+    # a head trained on one dataset keeps one temperature
+    assert not bundle.manifest.tasks["news_topic"].sources and bundle.model.source_classifier("news_topic") is None
+    # the source classifier tells news sentences from tweets for most rows of either
+    assert dev["financial_phrasebank"]["source_accuracy"] > 0.7
+    assert dev["fin_tweets_sentiment"]["source_accuracy"] > 0.7
+    # eval scores with the bundle's calibration: each row's temperature lies between the sources'
+    result = CliRunner().invoke(
+        eval_cmd, ["--dataset", "financial_phrasebank", "--split", "test", "--json"], env=_env(seed, tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["source_temperatures"] == pytest.approx(temperatures)
+    assert min(temperatures.values()) <= out["temperature"] <= max(temperatures.values())

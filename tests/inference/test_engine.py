@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference.device import place
 from inference.engine import Engine
-from riskstream.modeling import load_bundle
+from riskstream.modeling import load_bundle, save_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +172,36 @@ def test_the_engine_reads_texts_as_the_bundle_was_trained_to(bundle_v1: tuple[Pa
         assert (gap < 1e-6) is same, (bundle.version, gap)
     ref = reader.predict(pair, "news")
     assert ref[0]["news_topic"] == pytest.approx(ref[1]["news_topic"], abs=1e-6)
+
+
+def test_a_head_calibrated_per_source_is_served_with_each_documents_temperature(
+    bundle_v1: tuple[Path, str], tmp_path: Path
+) -> None:
+    loaded = load_bundle(bundle_v1[0])
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(384, 2)
+    with torch.no_grad():
+        classifier.weight.mul_(20.0)  # confident, and different from text to text
+    loaded.model.source_classifiers["news_sentiment"] = classifier
+    loaded.manifest.tasks["news_sentiment"] = replace(
+        loaded.manifest.tasks["news_sentiment"],
+        sources=("financial_phrasebank", "fin_tweets_sentiment"),
+        source_temperatures=(0.5, 4.0),
+    )
+    save_bundle(loaded.model, loaded.tokenizer, loaded.manifest, tmp_path / "bundle")
+    bundle = load_bundle(tmp_path / "bundle")
+    texts = [t for t, c in zip(TEXTS[:6], CHANNELS[:6], strict=True) if c == "news"] * 3
+    out = Engine(bundle, place("cpu", "fp32", 2)).score(texts, ["news"] * len(texts))
+    # by hand: each text's pooled embedding, its temperature, its calibrated probabilities
+    with torch.no_grad():
+        enc = bundle.tokenizer(texts, padding=True, return_tensors="pt")
+        pooled = bundle.model.embed(enc["input_ids"], enc["attention_mask"])
+        weights = torch.softmax(classifier(pooled), dim=-1)
+        temperatures = (weights @ torch.tensor([0.5, 4.0]).log()).exp()
+        expected = torch.softmax(bundle.model.heads["news_sentiment"](pooled) / temperatures[:, None], dim=-1)
+    assert float(temperatures.max() / temperatures.min()) > 2  # else this test could not tell one from many
+    labels = bundle.manifest.tasks["news_sentiment"].labels
+    for doc, row in zip(out, expected.tolist(), strict=True):
+        assert doc.sentiment.probs is not None
+        assert [doc.sentiment.probs[label] for label in labels] == pytest.approx(row, abs=1e-4)
+        assert doc.risk_score == pytest.approx(row[labels.index("negative")], abs=1e-4)

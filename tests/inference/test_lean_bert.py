@@ -78,6 +78,18 @@ def test_engines_on_either_encoder_give_the_same_answers(bundle_v1: tuple[Path, 
             assert abs(x.score - y.score) < tolerance
 
 
+def test_the_reference_prediction_works_on_a_lean_bundle(bundle_v1: tuple[Path, str]) -> None:
+    """``LoadedBundle.predict`` pads its own batches, so it serves a bundle loaded with the lean tokenizer (which
+    does not pad) and answers as with transformers."""
+    texts = [text for text, channel in MIXED_DOCS if channel == "news"]
+    lean, full = (load_bundle(bundle_v1[0], encoder_impl=impl).predict(texts, "news", batch_size=4)
+                  for impl in ("lean", "transformers"))  # fmt: skip
+    assert len(lean) == len(full) == len(texts)
+    for a, b in zip(lean, full, strict=True):
+        for task in ("news_sentiment", "news_topic"):
+            assert a[task] == pytest.approx(b[task], abs=1e-4)
+
+
 def test_loading_the_lean_encoder_does_not_import_transformers(bundle_v1: tuple[Path, str]) -> None:
     """The point of the lean encoder: a worker or `riskstream score` starts seconds sooner."""
     assert load_in_fresh_process(bundle_v1[0], "encoder_impl='auto'", "type(b.model.encoder).__name__") == "LeanBert"
