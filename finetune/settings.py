@@ -143,13 +143,14 @@ class FinetuneSettings(CommonSettings):
     device: str = Field(
         default="auto", description="Training device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N."
     )
-    cpu_bf16: bool = Field(
-        default=False,
-        description="bfloat16 autocast when training on CPU. Pays only where the CPU multiplies bf16 natively "
-        "(AMX-BF16, AVX512-BF16): 1.55x the steps of fp32 measured on such a CPU, enough for all three planned "
-        "epochs in the 25-minute budget, with a higher mean dev macro-F1 but phrasebank's calibrated ECE over 0.05 "
-        "(docs/models.md), hence off by default. Elsewhere emulated bf16 is slower than fp32. (A GPU always trains "
-        "in mixed precision.)",
+    cpu_bf16: bool | None = Field(
+        default=None,
+        description="bfloat16 autocast when training on CPU (the weights and AdamW's state stay fp32). Default: on "
+        "where the CPU multiplies bf16 natively (AMX-BF16, AVX512-BF16), off elsewhere, where emulated bf16 is "
+        "slower than fp32. Measured on such a CPU (docs/models.md, runs 17 and 20): 1.55x the steps of fp32, all "
+        "three planned epochs in the 25-minute budget, a higher mean dev macro-F1, and every calibrated dev ECE "
+        "within 0.05 with the calibration per source. --cpu-bf16 / --no-cpu-bf16 force it. (A GPU always trains in "
+        "mixed precision.)",
     )
     threads: int | None = Field(
         default=None, ge=1, description="Torch CPU threads. Default: the number of cores available to this process."

@@ -37,6 +37,8 @@ def tiny_settings(seed_data: Path, data_dir: Path, **overrides: object) -> Finet
         "gate_min_macro_f1": 0.0,
         "threads": 1,
         "include_db_labels": True,
+        # fp32 whatever the CPU: a test's few steps must not depend on the machine (bf16 is asked for by name)
+        "cpu_bf16": False,
     }
     values.update(overrides)
     return FinetuneSettings.model_validate(values)

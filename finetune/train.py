@@ -5,8 +5,8 @@ datasets gets two streams; analyst labels are a stream of their own). Each strea
 buckets (rows of similar length together, so dynamic padding wastes little), and each training step draws a
 stream with probability proportional to ``rows ** (1 / task_sampling_temperature)``. AdamW with linear warm-up
 and decay; the heads learn faster than the pretrained encoder. GPU: automatic mixed precision (bf16 where
-supported, else fp16 with a gradient scaler). CPU: full precision unless ``cpu_bf16`` (worth it only on CPUs with
-native bf16); torch uses every core it is given.
+supported, else fp16 with a gradient scaler). CPU: bf16 autocast where the CPU has native bf16 (``cpu_bf16``
+decides; by default detected), else full precision; torch uses every core it is given.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from finetune.data import DATASETS, Example, TrainingData
 from finetune.settings import FinetuneSettings
+from riskstream.hardware import has_native_bf16
 from riskstream.modeling import MultiTaskModel, build_untrained, normalize_texts
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,17 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def autocast_for(device: torch.device, cpu_bf16: bool) -> tuple[Callable[[], Any], torch.dtype | None, bool]:
-    """(context factory, autocast dtype or None, needs a GradScaler). On CPU, bf16 autocast when ``cpu_bf16``: the
-    weights (and AdamW's state) stay fp32, only the forward and backward products run in bf16."""
+def autocast_for(
+    device: torch.device, cpu_bf16: bool | None, *, native_bf16: bool | None = None
+) -> tuple[Callable[[], Any], torch.dtype | None, bool]:
+    """(context factory, autocast dtype or None, needs a GradScaler). On CPU, bf16 autocast when ``cpu_bf16``, or
+    when it is None and the CPU multiplies bf16 natively (``native_bf16``, detected when not given): the weights
+    (and AdamW's state) stay fp32, only the forward and backward products run in bf16."""
     if device.type == "cuda":  # pragma: no cover - no GPU here
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return (lambda: torch.autocast("cuda", dtype=dtype)), dtype, dtype == torch.float16
+    if cpu_bf16 is None:
+        cpu_bf16 = has_native_bf16() if native_bf16 is None else native_bf16
     if cpu_bf16:
         return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), torch.bfloat16, False
     return contextlib.nullcontext, None, False

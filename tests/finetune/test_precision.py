@@ -1,4 +1,5 @@
-"""Training precision on CPU: fp32 by default, bf16 autocast on request; both train here, with fp32 weights."""
+"""Training precision on CPU: bf16 autocast where the CPU has native bf16 (or on request), else fp32; both train
+here, with fp32 weights."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import pytest
 import torch
 
 from finetune.data import load_training_data
+from finetune.settings import FinetuneSettings
 from finetune.testing import tiny_settings
 from finetune.train import autocast_for, seed_everything, train
 from riskstream.modeling import build_untrained
 
 
-def test_cpu_training_is_fp32_unless_bf16_is_asked_for() -> None:
+def test_cpu_training_is_bf16_where_the_cpu_has_it_natively_unless_told_otherwise() -> None:
     cpu = torch.device("cpu")
-    assert autocast_for(cpu, False)[1] is None
-    assert autocast_for(cpu, True)[1] == torch.bfloat16
+    assert autocast_for(cpu, None, native_bf16=True)[1] == torch.bfloat16
+    assert autocast_for(cpu, None, native_bf16=False)[1] is None  # emulated bf16 is slower than fp32
+    assert autocast_for(cpu, False, native_bf16=True)[1] is None
+    assert autocast_for(cpu, True, native_bf16=False)[1] == torch.bfloat16
     assert autocast_for(cpu, True)[2] is False  # bf16 needs no gradient scaler
+    # the default setting asks the CPU
+    assert FinetuneSettings.model_fields["cpu_bf16"].default is None
 
 
 @pytest.mark.parametrize(("cpu_bf16", "precision"), [(False, "fp32"), (True, "bfloat16")])
