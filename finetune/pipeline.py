@@ -125,8 +125,8 @@ def _dev_by_task(data: TrainingData) -> dict[str, list[str]]:
 CALIBRATION_ECE_WARN = 0.05
 
 
-# rows per source dataset the source classifier of a calibration per source is fitted on (from the train split),
-# and the dev rows a source needs before it gets a temperature of its own
+# train rows per source dataset the source classifier of a calibration per source is fitted on (at most), and the
+# train and dev rows a source needs (each) before it gets a temperature of its own
 SOURCE_CLASSIFIER_ROWS = 1000
 MIN_SOURCE_ROWS = 30
 
@@ -272,11 +272,10 @@ def _check_shared_temperatures(
         if len(names) < 2:
             continue
         how = (
-            "temperatures per source"
+            "calibration (temperatures per source)"
             if task in per_source
-            else f"one temperature ({temperature:.2f}, fitted on {' + '.join(sorted(names))} together)"
+            else f"calibration (one temperature, {temperature:.2f}, fitted on {' + '.join(sorted(names))} together)"
         )
-        how = f"calibration ({how})"
         for name in names:
             lg, lb = logits[name]
             alone = fit_temperature(lg, lb)
