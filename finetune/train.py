@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from finetune.data import DATASETS, Example, TrainingData
 from finetune.settings import FinetuneSettings
 from riskstream.hardware import has_native_bf16
-from riskstream.modeling import MultiTaskModel, build_untrained, normalize_texts
+from riskstream.modeling import MultiTaskModel, build_untrained, normalize_texts, pad
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,6 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, normalizatio
         enc = tokenizer(list(texts[start : start + 2048]), truncation=True, max_length=max_length)
         out.extend(enc["input_ids"])
     return out
-
-
-def pad(batch: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest row, rounded up to ``multiple`` (fewer distinct shapes: kernels are reused)."""
-    width = max(len(ids) for ids in batch)
-    width = -(-width // multiple) * multiple
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
-    return input_ids, mask
 
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, bucket: int = 50) -> list[list[int]]:

@@ -198,6 +198,19 @@ class BundleManifest:
         )
 
 
+def pad(batch: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of ``batch`` padded on the right to its longest row, rounded up to ``multiple``
+    (fewer distinct shapes: kernels are reused)."""
+    width = max(len(ids) for ids in batch)
+    width = -(-width // multiple) * multiple
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    return input_ids, mask
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     summed = (hidden * mask).sum(dim=1)
@@ -306,13 +319,7 @@ class LoadedBundle:
             idx = order[start : start + batch_size]
             # unpadded ids, padded here: the lean tokenizer (encoder_impl lean/auto) does not pad
             ids = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.manifest.max_length)
-            rows = ids["input_ids"]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, row in enumerate(rows):
-                input_ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[r, : len(row)] = 1
+            input_ids, mask = pad(ids["input_ids"], pad_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             pooled = self.model.embed(input_ids, mask).float()
             for task in (sent_task, topic_task):

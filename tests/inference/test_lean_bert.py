@@ -13,7 +13,7 @@ import torch
 from inference.device import place
 from inference.engine import Engine, int8_linear_names
 from riskstream.bert import LeanBert, lean_support
-from riskstream.modeling import ENCODER_DIR, ArtifactError, LeanTokenizer, default_base_model, load_bundle
+from riskstream.modeling import ENCODER_DIR, ArtifactError, LeanTokenizer, default_base_model, load_bundle, pad
 from tests.inference.helpers import MIXED_DOCS, load_in_fresh_process
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,7 @@ CHANNELS = [channel for _, channel in MIXED_DOCS] * 6
 
 
 def _padded(tokenizer: LeanTokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenizer(texts, truncation=True, max_length=128)["input_ids"]
-    width = max(len(x) for x in ids)
-    input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        mask[row, : len(x)] = 1
-    return input_ids, mask
+    return pad(tokenizer(texts, truncation=True, max_length=128)["input_ids"], 0, multiple=1)
 
 
 def test_the_lean_encoder_reproduces_transformers_bert_on_padded_rows() -> None:
