@@ -118,8 +118,7 @@ def _evaluate_version(
             normalization=bundle.manifest.text_normalization,
             batch_size=settings.eval_batch_size, progress=True, desc=f"{name}/{split}",
         )  # fmt: skip
-        with torch.no_grad():
-            temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
+        temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
         m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature)
         result: dict[str, Any] = {
             "dataset": name,

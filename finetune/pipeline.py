@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import torch
 from sqlalchemy import select
@@ -141,7 +141,7 @@ def evaluate_on_dev(
     normalization: str,
     batch_size: int,
     calibrate: bool,
-    calibration: str = "per_head",
+    calibration: Literal["per_head", "per_source"] = "per_head",
     train_rows: dict[str, list[Example]] | None = None,
     seed: int = 42,
     progress: bool = True,
@@ -195,8 +195,7 @@ def evaluate_on_dev(
         task = DATASETS[name].task
         spec = out_specs[task]
         source_classifier = model.source_classifier(task)
-        with torch.no_grad():
-            temperature = row_temperatures(spec, source_classifier, sc.pooled) if spec.sources else spec.temperature
+        temperature = row_temperatures(spec, source_classifier, sc.pooled)
         metrics[name] = metrics_from_logits(sc.logits, sc.labels, spec.labels, temperature)
         if spec.sources and source_classifier is not None and name in spec.sources:
             with torch.no_grad():
