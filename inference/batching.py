@@ -75,6 +75,7 @@ class MicroBatcher(Generic[T]):
     max_items: int
     max_wait_s: float
     _items: list[T] = field(default_factory=list)
+    _item_tokens: list[int] = field(default_factory=list)
     _tokens: int = 0
     _opened_at: float | None = None
 
@@ -87,6 +88,7 @@ class MicroBatcher(Generic[T]):
         if self._opened_at is None or opened < self._opened_at:
             self._opened_at = opened
         self._items.append(item)
+        self._item_tokens.append(max(tokens, 0))
         self._tokens += max(tokens, 0)
 
     def __len__(self) -> int:
@@ -113,6 +115,22 @@ class MicroBatcher(Generic[T]):
             return self.max_wait_s
         return max(0.0, self.max_wait_s - (now - self._opened_at))
 
+    def take(self) -> list[T]:
+        """The next micro-batch, oldest first: at most ``max_items`` items, and no more once ``token_budget`` is
+        reached (a single item over the budget still goes alone). What is left stays, with the batch's age: one
+        large poll becomes several micro-batches, each due at once."""
+        n, tokens = 0, 0
+        while n < len(self._items) and n < self.max_items and (n == 0 or tokens < self.token_budget):
+            tokens += self._item_tokens[n]
+            n += 1
+        items = self._items[:n]
+        del self._items[:n], self._item_tokens[:n]
+        self._tokens -= tokens
+        if not self._items:
+            self._opened_at = None
+        return items
+
     def drain(self) -> list[T]:
-        items, self._items, self._tokens, self._opened_at = self._items, [], 0, None
+        """Every item, whatever the caps (to drop them all, e.g. when their partitions are revoked)."""
+        items, self._items, self._item_tokens, self._tokens, self._opened_at = self._items, [], [], 0, None
         return items

@@ -58,7 +58,7 @@ def test_micro_batch_closes_on_token_budget() -> None:
     assert not b.due(0.1)
     b.add("b", 50, now=0.1)
     assert b.due(0.1)
-    assert b.drain() == ["a", "b"]
+    assert b.take() == ["a", "b"]
     assert len(b) == 0 and b.tokens == 0
 
 
@@ -77,7 +77,7 @@ def test_micro_batch_closes_after_max_wait_from_its_oldest_item() -> None:
     assert not b.due(10.19)
     assert b.time_left(10.1) == pytest.approx(0.1)
     assert b.due(10.21)
-    assert b.drain() == [1, 2]
+    assert b.take() == [1, 2]
     assert b.time_left(11.0) == pytest.approx(0.2)
 
 
@@ -90,3 +90,23 @@ def test_items_that_already_waited_upstream_are_not_held_back_again() -> None:
     b.drain()
     b.add("clock skew: a record from the future", 5, now=20.0, age=-3.0)
     assert not b.due(20.1) and b.due(20.2)
+
+
+def test_one_large_poll_becomes_several_micro_batches_within_the_caps() -> None:
+    """A micro-batch is one ES bulk and one commit: its caps hold however many records one poll returned."""
+    b: MicroBatcher[int] = MicroBatcher(token_budget=100, max_items=4, max_wait_s=0.2)
+    for i in range(10):
+        b.add(i, 10, now=5.0, age=0.05)
+    assert b.take() == [0, 1, 2, 3]
+    assert len(b) == 6 and b.tokens == 60 and b.due(5.0)  # the rest is full already
+    assert b.take() == [4, 5, 6, 7]
+    assert not b.due(5.1) and b.due(5.15)  # the last two keep the batch's age
+    assert b.take() == [8, 9] and len(b) == 0 and b.tokens == 0
+    for tokens in (30, 80, 500, 10):
+        b.add(tokens, tokens, now=6.0)
+    assert b.take() == [30, 80]  # the item that reaches the budget closes the batch
+    assert b.take() == [500]  # an item over the budget goes alone
+    assert b.take() == [10]
+    b.add(1, 1, now=7.0)
+    b.add(2, 1, now=7.0)
+    assert b.drain() == [1, 2] and len(b) == 0  # drain: everything, to drop it
