@@ -22,7 +22,14 @@ class WorkerMetrics:
         self.batch_seconds = Histogram(
             "riskstream_worker_batch_seconds", "Wall time of one micro-batch, parse to commit.", registry=r
         )
-        self.queue_depth = Gauge("riskstream_worker_queue_depth", "Messages received, not yet committed.", registry=r)
+        self.queue_depth = Gauge(
+            "riskstream_worker_queue_depth", "Messages received, not yet scored (the micro-batch filling).", registry=r
+        )
+        self.in_flight = Gauge(
+            "riskstream_worker_batches_in_flight",
+            "Scored micro-batches handed to the writer (Elasticsearch, Kafka), not yet committed.",
+            registry=r,
+        )
         self.lag = Gauge(
             "riskstream_worker_consumer_lag", "High watermark minus position, per partition.", ["partition"], registry=r
         )

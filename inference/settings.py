@@ -132,6 +132,15 @@ class WorkerSettings(EngineSettings):
         default=512, description="Max messages in one micro-batch (one ES bulk request, one commit)."
     )
     poll_max_records: int = Field(default=500, description="max_poll_records of the Kafka consumer.")
+    pipeline_depth: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="How many scored micro-batches may be in the writer (Elasticsearch bulk, Kafka produce, not yet "
+        "committed) while the model scores the next one. 1 overlaps the model with the sinks; 0 writes and commits "
+        "each batch before polling again (the model idles during writes). Deeper only helps when the sinks' time "
+        "varies a lot; each batch held is re-scored after a rebalance or crash.",
+    )
     hotswap_interval_s: float = Field(
         default=10.0,
         description="How often the registry is polled for a new champion (0 = never). Shorter notices a promotion "

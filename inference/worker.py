@@ -1,6 +1,6 @@
 """The streaming worker: Kafka ``riskstream.docs.raw`` -> model -> Elasticsearch + ``riskstream.docs.scored``.
 
-One micro-batch at a time, in this order (the checkpoint order; never reorder it):
+Every micro-batch goes through these steps, in this order (the checkpoint order; never reorder it):
 
 1. parse every record: a raw document, or a dead letter (see :mod:`inference.dlq`);
 2. score the documents with one engine (one model version per batch: a hot swap happens only between batches);
@@ -10,20 +10,30 @@ One micro-batch at a time, in this order (the checkpoint order; never reorder it
    (idempotent producer, acks=all) and check every send;
 5. only then **commit** the batch's offsets.
 
+Steps 1-2 and 5 run on the consumer's thread; steps 3-4 run on the write stage's thread
+(:mod:`inference.stage`), which writes batches strictly in order. With ``pipeline_depth`` N >= 1 the consumer
+thread scores the next batch while up to N earlier ones are being written (the model and the sinks overlap);
+with 0 it waits for each batch to be committed before it polls again. Either way a batch is committed only after
+it, and every batch before it, went through steps 3 and 4.
+
 A crash anywhere before 5 means redelivery from the last commit: nothing is lost, and because the ES ``_id`` and
 index are functions of the message, a redelivered document overwrites itself (exactly once in ES; the scored and
 dead-letter topics are at-least-once, keyed by document id).
 
-Backpressure: when step 3 or 4 fails (ES down, 429/5xx after a few quick retries, broker unreachable) the worker
-keeps the scored batch, pauses every assigned partition, and keeps calling ``poll`` (which returns nothing while
-paused) so it stays in the consumer group, retrying with exponential backoff; it resumes once the batch went
-through.
+Backpressure: the consumer thread stops polling while the write stage holds more than ``pipeline_depth`` batches.
+When step 3 or 4 fails (ES down, 429/5xx after a few quick retries, broker unreachable) the stage keeps the batch
+and retries it with exponential backoff; once the stage is full behind it, the consumer thread pauses every
+assigned partition and keeps calling ``poll`` (which returns nothing while paused) so it stays in the consumer
+group, and resumes once the batch went through.
 
 A rebalance drops uncommitted work: with the eager protocol every partition is revoked, and the new owner restarts
-from the committed offsets. When the new owner is this worker again, kafka-python (3.x) keeps the partition's
-fetch position, which already lies past the records just dropped; the worker therefore remembers, per partition,
-the lowest offset it dropped and seeks back to it when the partition is assigned again. Without that, the dropped
-records would be skipped until the next restart.
+from the committed offsets. The worker drops the micro-batch being filled and every batch the write stage holds
+(a write in progress finishes; ES overwrites by ``_id``). When the new owner is this worker again, kafka-python
+(3.x) keeps the partition's fetch position, which already lies past the records just dropped; the worker therefore
+remembers, per partition, the lowest offset it dropped and seeks back to it when the partition is assigned again.
+Without that, the dropped records would be skipped until the next restart. (The revocation callback does not
+commit what was already written: kafka-python 3 may run it on its network thread, which refuses blocking calls
+such as a commit. Redelivering a written batch costs a second scoring, not a duplicate.)
 """
 
 from __future__ import annotations
@@ -45,7 +55,9 @@ from inference.engine import DocScore, Engine
 from inference.hotswap import ChampionLookup, ModelWatcher, load_engine, load_path_engine, registry_lookup
 from inference.metrics import WorkerMetrics
 from inference.settings import WorkerSettings
-from inference.sinks import EsBulkSink, KafkaOut, SinkUnavailableError
+from inference.sinks import EsBulkSink, KafkaOut
+from inference.stage import WriteStage
+from riskstream.kafka_client import rescue_stranded_join
 from schemas.records import DeadLetter, RawDocument, ScoredDocument
 
 log = logging.getLogger(__name__)
@@ -66,6 +78,8 @@ class ScoredBatch:
     attempts: int = 0
     started: float = field(default_factory=time.perf_counter)
     scored_s: float = 0.0  # parse + score
+    es_s: float = 0.0  # the Elasticsearch bulk (last attempt)
+    kafka_s: float = 0.0  # the produce and flush (last attempt)
 
 
 def to_scored(raw: RawDocument, score: DocScore, source: Source, scored_at: datetime) -> ScoredDocument:
@@ -163,6 +177,8 @@ class Worker:
         self.batcher: MicroBatcher[Any] = MicroBatcher(
             settings.batch_token_budget, settings.max_batch_messages, settings.max_wait_ms / 1000
         )
+        self.sink: WriteStage[ScoredBatch] | None = None
+        # the batch the write stage is stuck on while consumption is paused (None otherwise)
         self.stalled: ScoredBatch | None = None
         # (topic, partition) -> lowest offset dropped by the last revocation, sought back to if reassigned
         self._rewind: dict[tuple[str, int], int] = {}
@@ -231,6 +247,7 @@ class Worker:
                 break
         self.consumer.subscribe([self.settings.topic_raw], listener=Listener())
         self.out = KafkaOut(client_options(self.settings))
+        self.sink = WriteStage(self._write, backoff_s=self._backoff_s)
 
     def run(self) -> None:
         self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
@@ -262,6 +279,9 @@ class Worker:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        if self.sink is not None:
+            self.sink.close(timeout_s=self._drain_timeout_s())
+            self.sink = None
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
             self.consumer = None
@@ -272,25 +292,41 @@ class Worker:
     # ---- the loop --------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        assert self.sink is not None
         idle_since = time.monotonic()
         while not self._stop.is_set():
-            if self.stalled is not None:
-                self._retry_stalled()
+            self.sink.check()
+            self._commit_done()
+            if self.sink.in_flight > self.settings.pipeline_depth:  # backpressure: the sinks are behind the model
+                if self.sink.stalled:
+                    self._hold_while_stalled()
+                else:
+                    self.sink.wait(0.2)
                 continue
             now = time.monotonic()
+            if self.batcher.due(now):  # the rest of a poll larger than one micro-batch: no need to poll first
+                self._process(self.batcher.take())
+                continue
             timeout_ms = max(1, int(self.batcher.time_left(now) * 1000)) if len(self.batcher) else 200
             # records returned here all belong to the current assignment (a rebalance inside poll() already ran
             # _on_revoked, and positions of newly assigned partitions come from the committed offsets)
-            polled = self.consumer.poll(timeout_ms=timeout_ms)
+            polled = self._poll(timeout_ms)
             now = time.monotonic()
             self._add(polled, now)
             if polled:
                 idle_since = now
             if self.batcher.due(now):
-                self._process(self.batcher.drain())
-            elif not len(self.batcher) and 0 < self.settings.idle_exit_s < now - idle_since:
+                self._process(self.batcher.take())
+            elif not len(self.batcher) and not self.sink.in_flight and 0 < self.settings.idle_exit_s < now - idle_since:
                 log.info("idle for %.0f s: exiting", self.settings.idle_exit_s)
                 return
+
+    def _poll(self, timeout_ms: int) -> dict[Any, list[Any]]:
+        polled: dict[Any, list[Any]] = self.consumer.poll(timeout_ms=timeout_ms)
+        if rescue_stranded_join(self.consumer):
+            log.warning("kafka-python left a finished group join unapplied (a known bug of its 3.0 line): re-joining")
+            self.metrics.failures.labels(reason="stranded_join").inc()
+        return polled
 
     def _add(self, polled: dict[Any, list[Any]], now: float) -> None:
         wall = time.time()
@@ -303,20 +339,20 @@ class Worker:
                 self.batcher.add(record, size // 4 + 2, now, age)
         self.metrics.queue_depth.set(len(self.batcher))
 
+    def _drain_timeout_s(self) -> float:
+        # one bulk request with its quick retries, and the produce; beyond that the batch is left for redelivery
+        return 3 * self.settings.es_bulk_timeout_s + 10
+
     def _drain(self) -> None:
-        """On stop: finish the in-flight batch (one attempt at its sinks) and commit, else leave it for redelivery."""
-        if self.stalled is not None:
-            try:
-                self._finish(self.stalled)
-            except SinkUnavailableError as exc:
-                log.warning("stopping with an unwritten batch (%s); it will be redelivered", exc)
-            self.stalled = None
-            return
-        if len(self.batcher):
-            try:
-                self._process(self.batcher.drain(), retry_on_failure=False)
-            except SinkUnavailableError as exc:
-                log.warning("stopping with an unwritten batch (%s); it will be redelivered", exc)
+        """On stop: score what the batcher holds, give every unwritten batch one more attempt at its sinks, and
+        commit what went through. The rest is left uncommitted, for redelivery."""
+        assert self.sink is not None
+        while len(self.batcher) and not self.sink.stalled:
+            self._process(self.batcher.take())
+        if not self.sink.close(timeout_s=self._drain_timeout_s()):
+            log.warning("stopping while a batch is still being written; it will be redelivered")
+        self._commit_done()
+        self.sink.check()
 
     def _swap_if_ready(self) -> None:
         if self.watcher is None:
@@ -328,7 +364,9 @@ class Worker:
             self.metrics.model.info(model_info(new))
             self.metrics.swaps.inc()
 
-    def _process(self, records: list[Any], *, retry_on_failure: bool = True) -> None:
+    def _process(self, records: list[Any]) -> None:
+        """Steps 1-2 on this thread, then hand the batch to the write stage (steps 3-4)."""
+        assert self.sink is not None
         self._swap_if_ready()  # between batches only: one version per batch
         assert self.engine is not None
         started = time.perf_counter()
@@ -336,18 +374,12 @@ class Worker:
         batch.started = started  # the batch's time (metrics, logs) includes parsing and scoring
         batch.scored_s = time.perf_counter() - started
         self.metrics.batch_size.observe(batch.messages)
-        try:
-            self._finish(batch)
-        except SinkUnavailableError as exc:
-            if not retry_on_failure:
-                raise
-            log.warning("sink unavailable (%s): pausing consumption, will retry the batch", exc)
-            self.metrics.failures.labels(reason="sink_unavailable").inc()
-            self.stalled = batch
-            self._pause()
+        self.sink.submit(batch)
+        self.metrics.in_flight.set(self.sink.in_flight)
 
-    def _finish(self, batch: ScoredBatch) -> None:
-        """Steps 3-5 for one scored batch. Raises SinkUnavailableError before committing anything on failure."""
+    def _write(self, batch: ScoredBatch) -> None:
+        """Steps 3-4 for one scored batch, on the write stage's thread. Raises SinkUnavailableError on a failure
+        that may heal; the stage then retries the batch (ES is skipped if it already took the batch)."""
         assert self.out is not None
         settings = self.settings
         batch.attempts += 1
@@ -374,27 +406,38 @@ class Worker:
         for letter in batch.dead:
             self.out.send_dead(settings.topic_dlq, letter)
         self.out.flush()
-        # 5. only now: commit
-        t_commit = time.perf_counter()
-        self._commit(batch)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "batch of %d messages (%d tokens): score %.3f s, es %.3f s, kafka %.3f s, commit %.3f s",
-                batch.messages,
-                batch.tokens,
-                batch.scored_s,
-                t_kafka - t_es,
-                t_commit - t_kafka,
-                time.perf_counter() - t_commit,
-            )
-        for doc, _ in batch.docs:
-            self.metrics.docs.labels(channel=doc.channel).inc()
-        self.metrics.tokens.inc(batch.tokens)
-        self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
-        self.metrics.queue_depth.set(len(self.batcher))
-        self.batches_done += 1
-        self.versions_by_batch.append(batch.model_version)
-        self._update_lag()
+        batch.es_s = t_kafka - t_es
+        batch.kafka_s = time.perf_counter() - t_kafka
+
+    def _commit_done(self) -> None:
+        """Step 5 for every batch the write stage finished, in the order they were written."""
+        assert self.sink is not None
+        done = self.sink.take_done()
+        for batch in done:
+            t_commit = time.perf_counter()
+            self._commit(batch)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "batch of %d messages (%d tokens): score %.3f s, es %.3f s, kafka %.3f s, commit %.3f s, "
+                    "%.3f s in all",
+                    batch.messages,
+                    batch.tokens,
+                    batch.scored_s,
+                    batch.es_s,
+                    batch.kafka_s,
+                    time.perf_counter() - t_commit,
+                    time.perf_counter() - batch.started,
+                )
+            for doc, _ in batch.docs:
+                self.metrics.docs.labels(channel=doc.channel).inc()
+            self.metrics.tokens.inc(batch.tokens)
+            self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+            self.batches_done += 1
+            self.versions_by_batch.append(batch.model_version)
+        if done:
+            self.metrics.in_flight.set(self.sink.in_flight)
+            self.metrics.queue_depth.set(len(self.batcher))
+            self._update_lag()
 
     def _commit(self, batch: ScoredBatch) -> None:
         from kafka.errors import CommitFailedError
@@ -446,42 +489,41 @@ class Worker:
         base = min(self.settings.es_retry_max_s, 0.5 * 2 ** min(attempts, 10))
         return base * (0.5 + random.random() / 2)
 
-    def _retry_stalled(self) -> None:
-        batch = self.stalled
-        assert batch is not None
-        deadline = time.monotonic() + self._backoff_s(batch.attempts)
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            # paused: poll returns nothing, but keeps this member in the group (and runs rebalance callbacks)
+    def _hold_while_stalled(self) -> None:
+        """The write stage is retrying a batch: pause consumption, stay in the group, resume once it went through.
+
+        Paused partitions return nothing from ``poll``, which still heartbeats and runs the rebalance callbacks. A
+        rebalance meanwhile drops the stuck batch (``_on_revoked``), which also ends the stall."""
+        assert self.sink is not None
+        self.stalled = self.sink.head()
+        log.warning("a sink is unavailable: pausing consumption until the batch is written")
+        self.metrics.failures.labels(reason="sink_unavailable").inc()
+        self._pause()
+        while not self._stop.is_set() and self.sink.stalled:
+            self.sink.check()
             self.consumer.pause(*self.consumer.assignment())
-            polled = self.consumer.poll(timeout_ms=max(1, int(min(1.0, deadline - time.monotonic()) * 1000)))
-            if self.stalled is None:  # dropped by a rebalance: start over from the committed offsets
-                self._resume()
-                self._add(polled, time.monotonic())
-                return
+            polled = self._poll(200)
             if any(polled.values()):
                 # Paused partitions should return nothing, but records the fetcher already held can still come
-                # back. Their position has moved past them: seek back so they are fetched again after the
-                # resume, never dropped.
+                # back (or come from a partition just reassigned). Their position has moved past them: seek back
+                # so they are fetched again after the resume, never dropped.
                 self._seek_back(polled)
+        stuck, self.stalled = self.stalled, None
         if self._stop.is_set():
-            return
-        try:
-            self._finish(batch)
-        except SinkUnavailableError as exc:
-            log.warning("retry %d of a stalled batch failed: %s", batch.attempts, exc)
-            return
-        log.info("sinks are back after %d attempts: resuming", batch.attempts)
-        self.stalled = None
+            return  # stay paused; _drain gives the batch one more attempt
+        # written, or dropped by a rebalance (which _on_revoked logged) for redelivery
+        log.info("resuming consumption after %d attempts at the stuck batch", stuck.attempts if stuck else 0)
         self._resume()
 
     def _on_revoked(self, revoked: Any) -> None:
-        """Drop uncommitted work (batcher and stalled batch) and remember where each partition must restart."""
+        """Drop uncommitted work (batcher and write stage) and remember where each partition must restart."""
         rewind: dict[tuple[str, int], int] = {}
         for record in self.batcher.drain():
             tp = (record.topic, record.partition)
             rewind[tp] = min(rewind.get(tp, record.offset), record.offset)
-        if self.stalled is not None:
-            for tp, offset in self.stalled.first_offsets.items():
+        # every batch the write stage holds, written or not: nothing of it is committed yet
+        for batch in self.sink.cancel() if self.sink is not None else []:
+            for tp, offset in batch.first_offsets.items():
                 rewind[tp] = min(rewind.get(tp, offset), offset)
         if rewind:
             log.info(
@@ -490,8 +532,7 @@ class Worker:
             )
         for tp, offset in rewind.items():
             self._rewind[tp] = min(self._rewind.get(tp, offset), offset)
-        self.stalled = None
-        self.metrics.paused.set(0)
+        self.metrics.in_flight.set(0)
         self.metrics.queue_depth.set(0)
 
     def _on_assigned(self, assigned: Any) -> None:

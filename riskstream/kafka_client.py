@@ -87,3 +87,28 @@ def faust_credentials(settings: KafkaConnection) -> Any | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def rescue_stranded_join(consumer: Any) -> bool:
+    """Work around a kafka-python 3.0 bug that leaves a group member without its partitions; call after ``poll``.
+
+    When a ``poll`` times out while the member re-joins its group, kafka-python keeps the join in flight and means
+    the next ``poll`` to collect it. But when the re-join was started by the leader's own metadata check (a topic
+    gained partitions, or the first metadata refresh after joining), that join also updates the leader's
+    assignment snapshot, so the next ``poll`` finds nothing left to re-join and never applies the assignment the
+    join brought back. The member then fetches nothing until it is restarted. Short poll timeouts make it likely:
+    with 1 ms polls it happened in two runs of three in a reproduction against a real broker
+    (tests/inference/test_worker_services.py covers it).
+
+    The sign is a finished join that is still cached. Asking for a re-join makes the next ``poll`` start a fresh one
+    and apply it. Returns True when it did that. Reads private attributes; on a kafka-python without them it does
+    nothing.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_join_task", None)
+    if coordinator is None or task is None or not getattr(task, "is_done", False):
+        return False
+    if coordinator.need_rejoin():
+        return False  # the next poll collects it
+    coordinator.request_rejoin()
+    return True

@@ -108,6 +108,36 @@ def read_topic(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> 
     return out
 
 
+def committed_ids(settings: CommonSettings, group_id: str, timeout_s: float = 30.0) -> set[str]:
+    """The ids of the raw topic's records that ``group_id`` has committed (those below its committed offsets).
+
+    Reads the committed offsets without joining the group, then the records below them from the start."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), group_id=group_id, enable_auto_commit=False
+    )
+    try:
+        partitions = consumer.partitions_for_topic(settings.topic_raw) or set()
+        tps = [TopicPartition(settings.topic_raw, p) for p in sorted(partitions)]
+        limits = {tp: consumer.committed(tp) or 0 for tp in tps}
+        wanted = [tp for tp in tps if limits[tp] > 0]
+        ids: set[str] = set()
+        if not wanted:
+            return ids
+        consumer.assign(wanted)
+        consumer.seek_to_beginning(*wanted)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < limits[tp] for tp in wanted):
+            assert time.monotonic() < deadline, "timed out reading the committed records"
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                ids.update(json.loads(r.value)["id"] for r in records if r.offset < limits[tp])
+        return ids
+    finally:
+        consumer.close(autocommit=False)
+
+
 def register(
     settings: CommonSettings,
     version: str,

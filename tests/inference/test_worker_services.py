@@ -25,6 +25,7 @@ from riskstream.modeling import load_bundle
 from riskstream.settings import CommonSettings
 from tests.inference.helpers import (
     TcpProxy,
+    committed_ids,
     create_topics,
     es_count,
     es_docs,
@@ -263,32 +264,44 @@ def expected_ids(before: int, held: int) -> list[str]:
     return sorted([f"before-{i}" for i in range(before)] + [f"held-{i}" for i in range(held)])
 
 
+@pytest.mark.parametrize("depth", [0, 3])
 def test_elasticsearch_down_pauses_then_resumes_without_loss(
-    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running], depth: int
 ) -> None:
-    with stalled_behind_blocked_es(
-        worker_settings, engine_v1, start_worker, before=10, held=20, bulk_timeout_s=5.0
-    ) as (run, proxy):
+    """Batches of 4 with up to ``depth`` of them in the writer: the model runs ahead of a blocked Elasticsearch by
+    exactly that many batches, and nothing written later is committed ahead of the batch that is stuck."""
+    settings = worker_settings.model_copy(update={"pipeline_depth": depth, "max_batch_messages": 4})
+    with stalled_behind_blocked_es(settings, engine_v1, start_worker, before=10, held=20, bulk_timeout_s=5.0) as (
+        run,
+        proxy,
+    ):
         wait_until(lambda: bool(run.worker.consumer and run.worker.consumer.paused()), 30, "paused partitions")
-        assert es_count(worker_settings) == 10
+        assert es_count(settings) == 10
         assert run.worker.metrics.paused._value.get() == 1
+        # the model ran ahead of the stuck batch by `depth` batches, then paused: scored, none written
+        assert run.worker.sink is not None and run.worker.sink.in_flight == depth + 1
+        # what the group has committed is in Elasticsearch: no held document is committed
+        assert committed_ids(settings, settings.group_id) <= {f"before-{i}" for i in range(10)}
         proxy.unblock()
-        wait_until(lambda: es_count(worker_settings) >= 30, 240, "documents after the outage")
+        wait_until(lambda: es_count(settings) >= 30, 240, "documents after the outage")
         assert run.worker.consumer is not None and run.worker.consumer.assignment()  # never left the group
         wait_until(lambda: run.worker.stalled is None, 30, "resume")
         assert not run.worker.consumer.paused()
         run.stop()
-    assert sorted(d["_id"] for d in es_docs(worker_settings)) == expected_ids(10, 20)
+    assert sorted(d["_id"] for d in es_docs(settings)) == expected_ids(10, 20)
+    assert committed_ids(settings, settings.group_id) == set(expected_ids(10, 20))  # stopping committed the rest
 
 
 def test_a_rebalance_during_an_outage_redelivers_what_it_dropped(
     worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
 ) -> None:
-    """A member joins and leaves while the worker holds an unwritten batch: both rebalances drop the batch, and the
-    worker gets partitions back whose fetch position lies past it. Every document must still arrive."""
+    """A member joins and leaves while the worker holds unwritten batches (three in the writer, more polled): both
+    rebalances drop them, and the worker gets partitions back whose fetch position lies past them. Every document
+    must still arrive."""
     from kafka import KafkaConsumer
 
-    with stalled_behind_blocked_es(worker_settings, engine_v1, start_worker, before=6, held=30, bulk_timeout_s=2.0) as (
+    settings = worker_settings.model_copy(update={"pipeline_depth": 2, "max_batch_messages": 8})
+    with stalled_behind_blocked_es(settings, engine_v1, start_worker, before=6, held=30, bulk_timeout_s=2.0) as (
         run,
         proxy,
     ):
@@ -314,6 +327,7 @@ def test_a_rebalance_during_an_outage_redelivers_what_it_dropped(
         wait_until(lambda: es_count(worker_settings) >= 36, 240, "every document after the outage")
         run.stop()
     assert sorted(d["_id"] for d in es_docs(worker_settings)) == expected_ids(6, 30)
+    assert committed_ids(settings, settings.group_id) == set(expected_ids(6, 30))
 
 
 def test_two_workers_in_one_group_share_the_partitions(
@@ -337,3 +351,45 @@ def test_two_workers_in_one_group_share_the_partitions(
     assert a.worker.batches_done > 0 and b.worker.batches_done > 0
     docs = es_docs(worker_settings)
     assert sorted(d["_id"] for d in docs) == sorted(f"shared-{i}" for i in range(60))
+
+
+def test_a_leader_whose_topic_gains_partitions_gets_them_despite_short_polls(worker_settings: WorkerSettings) -> None:
+    """kafka-python 3.0 strands the join a leader starts when its topic gains partitions if a ``poll`` times out
+    during it (without the rescue, this consumer keeps 1 partition for good: 4 runs of 4). The worker polls with
+    timeouts down to 1 ms, and calls ``rescue_stranded_join`` after each poll."""
+    import time
+
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewPartitions, NewTopic
+
+    from riskstream.kafka_client import rescue_stranded_join
+
+    topic = f"{worker_settings.topic_raw}.grows"
+    admin = KafkaAdminClient(bootstrap_servers=worker_settings.kafka_bootstrap.split(","))
+    consumer = KafkaConsumer(
+        bootstrap_servers=worker_settings.kafka_bootstrap.split(","),
+        group_id=f"g-{topic}",
+        enable_auto_commit=False,
+        metadata_max_age_ms=500,  # notice the new partitions within a second, not the default 5 minutes
+    )
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        wait_until(lambda: bool(consumer.partitions_for_topic(topic)), 30, "the topic's metadata")
+        consumer.subscribe([topic])
+
+        def owns(n: int) -> Callable[[], bool]:
+            def check() -> bool:
+                consumer.poll(timeout_ms=1)
+                rescue_stranded_join(consumer)
+                return len(consumer.assignment()) == n
+
+            return check
+
+        wait_until(owns(1), 60, "the first partition", interval=0)
+        admin.create_partitions({topic: NewPartitions(3)})
+        started = time.monotonic()
+        wait_until(owns(3), 60, "the new partitions", interval=0)
+        assert time.monotonic() - started < 30
+    finally:
+        consumer.close(autocommit=False)
+        admin.close()
