@@ -374,8 +374,8 @@ def read_manifest(path: Path) -> BundleManifest:
         raise ArtifactError(f"{path} is not a model bundle: {MANIFEST} is missing")
     try:
         return BundleManifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError) as exc:
-        raise ArtifactError(f"{manifest_path} is unreadable: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # bad JSON, or a field of the wrong shape
+        raise ArtifactError(f"{manifest_path} is unreadable: {exc!r}") from exc
 
 
 def verify_bundle(path: Path, expected_sha256: str | None = None) -> str:
@@ -510,6 +510,12 @@ def load_bundle(
         for name, head in model.heads.items():
             head.load_state_dict({"weight": state[f"{name}.weight"], "bias": state[f"{name}.bias"]})
         for name, classifier in model.source_classifiers.items():
+            if f"{name}.source.weight" not in state:
+                sources = ", ".join(manifest.tasks[name].sources)
+                raise ArtifactError(
+                    f"bundle {path}: the manifest calibrates {name} per source ({sources}) but {HEADS_FILE} holds no "
+                    "source classifier for it"
+                )
             classifier.load_state_dict({"weight": state[f"{name}.source.weight"], "bias": state[f"{name}.source.bias"]})
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise ArtifactError(f"bundle {path} cannot be loaded: {exc}") from exc

@@ -68,3 +68,26 @@ def test_corrupt_or_missing_file_is_refused(bundle: tuple[Path, str], tmp_path: 
     (copy / "heads.safetensors").unlink()
     with pytest.raises(ArtifactError, match="missing files"):
         load_bundle(copy)
+
+
+def test_a_manifest_calibrated_per_source_without_its_classifier_is_refused(
+    bundle: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A manifest edited to calibrate a head per source, over heads saved without the source classifier (the
+    manifest is not among the checksummed files): refused with what is missing, never served half-calibrated. A
+    field of the wrong shape is refused as an unreadable manifest, not a crash."""
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle[0], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    task = manifest["tasks"]["news_sentiment"]
+    task["source_temperatures"] = [3.0, 2.0]  # a list where the format has {source: temperature}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest\.json is unreadable"):
+        load_bundle(copy)
+    task["source_temperatures"] = {"financial_phrasebank": 3.0, "fin_tweets_sentiment": 2.0}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"calibrates news_sentiment per source .* no source classifier"):
+        load_bundle(copy)
