@@ -167,6 +167,7 @@ def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
     produce(worker_settings, docs_in[:120])
     env = dict(os.environ, **worker_settings.to_env(), HF_HUB_OFFLINE="1")
     env["RISKSTREAM_MAX_BATCH_MESSAGES"] = "16"  # many commits, so the kill lands between and inside batches
+    env["RISKSTREAM_PIPELINE_DEPTH"] = "3"  # and up to four batches scored or written but not yet committed
     cmd = [str(Path(sys.executable).parent / "riskstream"), "worker"]
     log = (tmp_path / "worker.log").open("w")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
