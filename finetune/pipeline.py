@@ -355,7 +355,8 @@ def run_pipeline(
                 for k, v in eff.model_dump().items()
                 if k
                 in {
-                    "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "warmup_ratio", "max_length",
+                    "quick", "epochs", "batch_size", "lr", "head_lr", "weight_decay", "layer_lr_decay", "warmup_ratio",
+                    "max_length",
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
                     "freeze_layers",
                     "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing", "seed",

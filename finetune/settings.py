@@ -57,6 +57,14 @@ class FinetuneSettings(CommonSettings):
         default=2e-3, gt=0, description="Peak learning rate of the freshly initialised classification heads."
     )
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay (regularisation).")
+    layer_lr_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: each encoder layer trains at this factor of the one above it "
+        "(the top layer at --lr, the embeddings lowest). Below 1 keeps the lower layers closer to the pretraining. "
+        "1 (the default) gives every encoder layer the same rate.",
+    )
     warmup_ratio: float = Field(
         default=0.06, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up."
     )

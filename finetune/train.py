@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,17 +195,32 @@ def lr_factor(progress: float, warmup: float) -> float:
     return max(0.0, (1.0 - progress) / max(1e-9, 1.0 - warmup))
 
 
-def _param_groups(model: MultiTaskModel, lr: float, head_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
+_ENCODER_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def _param_groups(
+    model: MultiTaskModel, lr: float, head_lr: float, weight_decay: float, layer_lr_decay: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: heads at ``head_lr``; the encoder at ``lr``, times ``layer_lr_decay ** d`` for a parameter ``d``
+    layers below the top (the embeddings are below the lowest layer); no weight decay on biases and LayerNorms."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    layers = [int(m.group(1)) for name, _ in named if (m := _ENCODER_LAYER.search(name))]
+    top = max(layers, default=-1) + 1  # the embeddings are level 0, layer i level i + 1
+    groups: dict[tuple[bool, bool, int], list[nn.Parameter]] = {}
+    for name, p in named:
         is_head = name.startswith("heads.")
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay), []).append(p)
+        match = _ENCODER_LAYER.search(name)
+        level = int(match.group(1)) + 1 if match else (0 if "embeddings" in name else top)
+        below = 0 if is_head or layer_lr_decay == 1.0 else top - level  # 1.0: the four groups of before
+        groups.setdefault((is_head, no_decay, below), []).append(p)
     return [
-        {"params": params, "lr": head_lr if is_head else lr, "weight_decay": 0.0 if no_decay else weight_decay}
-        for (is_head, no_decay), params in groups.items()
+        {
+            "params": params,
+            "lr": head_lr if is_head else lr * layer_lr_decay**below,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        }
+        for (is_head, no_decay, below), params in groups.items()
     ]
 
 
@@ -249,7 +265,9 @@ def train(
     if max_steps is not None:
         total = min(total, max_steps)
 
-    optimizer = torch.optim.AdamW(_param_groups(model, settings.lr, settings.head_lr, settings.weight_decay))
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, settings.lr, settings.head_lr, settings.weight_decay, settings.layer_lr_decay)
+    )
     peaks = [group["lr"] for group in optimizer.param_groups]
     budget = settings.max_train_minutes * 60 if settings.max_train_minutes else None
     autocast, amp_dtype, needs_scaler = autocast_for(device, settings.cpu_bf16)
