@@ -276,11 +276,18 @@ def test_elasticsearch_down_pauses_then_resumes_without_loss(
         run,
         proxy,
     ):
-        wait_until(lambda: bool(run.worker.consumer and run.worker.consumer.paused()), 30, "paused partitions")
+        sink = run.worker.sink
+        assert sink is not None
+
+        def full_and_paused() -> bool:
+            # the model ran ahead of the stuck batch by `depth` batches, then paused: scored, none written. (Waited
+            # for, not asserted at once: the rebalance a new member often goes through drops the batches, and the
+            # worker scores them again.)
+            return sink.in_flight == depth + 1 and bool(run.worker.consumer and run.worker.consumer.paused())
+
+        wait_until(full_and_paused, 60, "the writer to fill behind the stuck batch and consumption to pause")
         assert es_count(settings) == 10
         assert run.worker.metrics.paused._value.get() == 1
-        # the model ran ahead of the stuck batch by `depth` batches, then paused: scored, none written
-        assert run.worker.sink is not None and run.worker.sink.in_flight == depth + 1
         # what the group has committed is in Elasticsearch: no held document is committed
         assert committed_ids(settings, settings.group_id) <= {f"before-{i}" for i in range(10)}
         proxy.unblock()
