@@ -74,11 +74,6 @@ class WriteStage(Generic[T]):
             return len(self._pending) + len(self._done)
 
     @property
-    def unwritten(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
-    @property
     def stalled(self) -> bool:
         """True while the head batch has failed at least once and is waiting for its next attempt."""
         with self._cond:
@@ -96,9 +91,10 @@ class WriteStage(Generic[T]):
             return done
 
     def wait(self, timeout_s: float) -> None:
-        """Block until a batch is written, a write fails, or ``timeout_s`` passes."""
+        """Block until a written batch awaits its commit, the head is failing, the writer stopped, or ``timeout_s``
+        passes. Returns at once if one of these already holds (a write that ended just before is not missed)."""
         with self._cond:
-            self._cond.wait(timeout_s)
+            self._cond.wait_for(self._worth_waking, timeout_s)
 
     def cancel(self) -> list[T]:
         """Drop every batch not yet taken back, written or not, and return them (their offsets must be rewound).
@@ -129,6 +125,9 @@ class WriteStage(Generic[T]):
             raise RuntimeError("the write stage stopped on an unexpected error") from self._error
 
     # ---- the writer thread -------------------------------------------------------------------------------------
+
+    def _worth_waking(self) -> bool:
+        return bool(self._done) or self._failures > 0 or self._error is not None or not self._pending
 
     def _interrupted(self, generation: int) -> bool:
         """Ends a backoff early: the stage is closing, or the batch was cancelled."""

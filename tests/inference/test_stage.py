@@ -156,3 +156,16 @@ def test_an_unexpected_error_stops_the_stage_and_surfaces_on_the_caller() -> Non
     with pytest.raises(StageClosedError):
         stage.submit(2)
     assert stage.head() == 1  # not dropped: uncommitted, so redelivered after the restart
+
+
+def test_wait_returns_at_once_when_a_written_batch_already_awaits_its_commit() -> None:
+    """The consumer thread checks, then waits: a write that ended in between must not cost it the whole timeout."""
+    sink = Sink()
+    stage: WriteStage[int] = WriteStage(sink.write, backoff_s=lambda n: 0.01)
+    stage.submit(1)
+    until(lambda: 1 in sink.written)
+    started = time.monotonic()
+    stage.wait(30)
+    assert time.monotonic() - started < 10  # a missed wake-up would wait out the 30 s
+    assert stage.take_done() == [1]
+    assert stage.close(5)
