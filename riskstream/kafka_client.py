@@ -97,8 +97,8 @@ def rescue_stranded_join(consumer: Any) -> bool:
     gained partitions, or the first metadata refresh after joining), that join also updates the leader's
     assignment snapshot, so the next ``poll`` finds nothing left to re-join and never applies the assignment the
     join brought back. The member then fetches nothing until it is restarted. Short poll timeouts make it likely:
-    with 1 ms polls it happened in two runs of three in a reproduction against a real broker
-    (tests/inference/test_worker_services.py covers it).
+    in a reproduction against a real broker (a consumer whose topic gains partitions, polled with 1 ms timeouts) it
+    happened in 4 runs of 4 (tests/inference/test_worker_services.py covers it).
 
     The sign is a finished join that is still cached. Asking for a re-join makes the next ``poll`` start a fresh one
     and apply it. Returns True when it did that. Reads private attributes; on a kafka-python without them it does
