@@ -1,4 +1,4 @@
-"""`riskstream finetune run|evaluate|promote|rollback|list|schedule` and `riskstream eval`."""
+"""`riskstream finetune run|evaluate|compare|promote|rollback|list|schedule` and `riskstream eval`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from finetune.settings import FinetuneSettings
 from riskstream.cliutil import echo_json, with_settings
+
+if TYPE_CHECKING:
+    from finetune.data import ReadStats
+    from finetune.evaluate import Scored
+    from riskstream.modeling import LoadedBundle, TaskSpec
+    from schemas.records import ModelVersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +77,11 @@ def run_cmd(settings: FinetuneSettings) -> None:
     echo_json(summary)
 
 
-def _evaluate_version(
-    settings: FinetuneSettings, version: str | None, datasets: tuple[str, ...], split: str
-) -> dict[str, Any]:
-    from finetune.data import DATASETS, DataError, read_eval_split
-    from finetune.evaluate import metrics_from_logits, score_examples
-    from finetune.report import reports_dir, write_report
-    from finetune.train import select_device
-    from riskstream.modeling import ArtifactError, load_bundle, row_temperatures
+def _record(settings: FinetuneSettings, version: str | None) -> ModelVersionRecord:
+    """The registry record of VERSION, or of the champion when VERSION is None."""
     from riskstream.registry import get_champion, get_version
 
-    db = _db(settings)
-    with db.session() as session:
+    with _db(settings).session() as session:
         record = get_version(session, version) if version else get_champion(session)
     if record is None:
         if version:
@@ -90,34 +89,74 @@ def _evaluate_version(
         raise click.ClickException(
             "no promoted model in the registry: run `riskstream finetune run` (or `--quick`) first"
         )
-    seed_data = settings.require_seed_data()
+    return record
+
+
+def _load(settings: FinetuneSettings, record: ModelVersionRecord) -> LoadedBundle:
+    """The bundle of a registry record, verified against its recorded checksum."""
     import torch
+
+    from finetune.train import select_device
+    from riskstream.modeling import ArtifactError, load_bundle
 
     torch.set_num_threads(settings.resolved_threads())
     try:
-        bundle = load_bundle(
+        return load_bundle(
             Path(record.artifact_path), device=select_device(settings.device), expected_sha256=record.artifact_sha256
         )
     except ArtifactError as exc:
         raise click.ClickException(f"model {record.version} refused: {exc}") from exc
-    results: dict[str, Any] = {}
-    out_dir = reports_dir(settings.models_dir, record.version)
-    for name in datasets or tuple(DATASETS):
+
+
+def _dataset_names(datasets: tuple[str, ...]) -> tuple[str, ...]:
+    from finetune.data import DATASETS
+
+    for name in datasets:
         if name not in DATASETS:
             raise click.ClickException(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return datasets or tuple(DATASETS)
+
+
+def _score_split(
+    settings: FinetuneSettings, bundle: LoadedBundle, version: str, name: str, split: str
+) -> tuple[Scored, ReadStats, TaskSpec]:
+    """Score one dataset's split with a loaded bundle: (scored rows, read stats, the head's spec)."""
+    from finetune.data import DATASETS, DataError, read_eval_split
+    from finetune.evaluate import score_examples
+
+    task = DATASETS[name].task
+    spec = bundle.manifest.tasks.get(task)
+    if spec is None:
+        raise click.ClickException(f"model {version} has no head for task {task}")
+    try:
+        rows, stats = read_eval_split(settings.require_seed_data(), name, split, spec.labels)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    scored = score_examples(
+        bundle.model, bundle.tokenizer, rows, task, max_length=bundle.manifest.max_length,
+        normalization=bundle.manifest.text_normalization,
+        batch_size=settings.eval_batch_size, progress=True, desc=f"{version} {name}/{split}",
+    )  # fmt: skip
+    return scored, stats, spec
+
+
+def _evaluate_version(
+    settings: FinetuneSettings, version: str | None, datasets: tuple[str, ...], split: str
+) -> dict[str, Any]:
+    from finetune.data import DATASETS
+    from finetune.evaluate import metrics_from_logits
+    from finetune.report import reports_dir, write_report
+    from riskstream.modeling import row_temperatures
+
+    record = _record(settings, version)
+    names = _dataset_names(datasets)
+    settings.require_seed_data()
+    bundle = _load(settings, record)
+    results: dict[str, Any] = {}
+    out_dir = reports_dir(settings.models_dir, record.version)
+    for name in names:
         task = DATASETS[name].task
-        spec = bundle.manifest.tasks.get(task)
-        if spec is None:
-            raise click.ClickException(f"model {record.version} has no head for task {task}")
-        try:
-            rows, stats = read_eval_split(seed_data, name, split, spec.labels)
-        except DataError as exc:
-            raise click.ClickException(str(exc)) from exc
-        scored = score_examples(
-            bundle.model, bundle.tokenizer, rows, task, max_length=bundle.manifest.max_length,
-            normalization=bundle.manifest.text_normalization,
-            batch_size=settings.eval_batch_size, progress=True, desc=f"{name}/{split}",
-        )  # fmt: skip
+        scored, stats, spec = _score_split(settings, bundle, record.version, name, split)
         temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
         m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature)
         result: dict[str, Any] = {
@@ -151,6 +190,60 @@ def evaluate_cmd(version: str | None, datasets: tuple[str, ...], split: str, set
     """Evaluate VERSION (default: the champion) and write its report (JSON + PNGs) under <data_dir>/models/."""
     _offline()
     echo_json(_evaluate_version(settings, version, datasets, split))
+
+
+@finetune.command("compare")
+@click.argument("baseline")
+@click.argument("candidate")
+@click.option("--dataset", "datasets", multiple=True, help="Dataset(s) to compare on (default: all five).")
+@click.option("--split", default="dev", show_default=True, type=click.Choice(["train", "dev", "test"]))
+@with_settings(FinetuneSettings)
+def compare_cmd(
+    baseline: str, candidate: str, datasets: tuple[str, ...], split: str, settings: FinetuneSettings
+) -> None:
+    """Is CANDIDATE really better than BASELINE? A paired bootstrap on the same rows.
+
+    Scores both versions on each dataset's split and prints, per dataset, both accuracies and macro-F1s, the
+    difference (candidate minus baseline) and its 95% interval, and the same for the mean macro-F1 over the
+    datasets (the gate's "overall"). An interval that straddles 0 means the rows cannot tell the two apart.
+    """
+    _offline()
+    import zlib
+
+    from finetune.evaluate import mean_difference, paired_bootstrap
+
+    records = [_record(settings, baseline), _record(settings, candidate)]
+    names = _dataset_names(datasets)
+    settings.require_seed_data()
+    scored: list[dict[str, tuple[Scored, ReadStats, TaskSpec]]] = []
+    for record in records:  # one model in memory at a time
+        bundle = _load(settings, record)
+        scored.append({name: _score_split(settings, bundle, record.version, name, split) for name in names})
+        del bundle
+    per_dataset: dict[str, Any] = {}
+    comparisons = []
+    for name in names:
+        (base, _, base_spec), (cand, _, cand_spec) = scored[0][name], scored[1][name]
+        if tuple(base_spec.labels) != tuple(cand_spec.labels):
+            raise click.ClickException(
+                f"{name}: {baseline} and {candidate} have different label sets for {base_spec.name}; "
+                "they cannot be compared row by row"
+            )
+        comparison = paired_bootstrap(
+            base.labels.numpy(), base.logits.argmax(dim=1).numpy(), cand.logits.argmax(dim=1).numpy(),
+            len(base_spec.labels), seed=zlib.crc32(name.encode()),
+        )  # fmt: skip
+        comparisons.append(comparison)
+        per_dataset[name] = comparison.to_json()
+    echo_json(
+        {
+            "baseline": records[0].version,
+            "candidate": records[1].version,
+            "split": split,
+            "datasets": per_dataset,
+            "overall": mean_difference(comparisons),
+        }
+    )
 
 
 @finetune.command("promote")
@@ -262,6 +355,10 @@ def schedule_cmd(max_runs: int | None, settings: FinetuneSettings) -> None:
     log.info("schedule exited after %d run(s)", runs)
 
 
+def _interval_text(interval: list[float] | None) -> str:
+    return f"[95% {interval[0]:.4f}-{interval[1]:.4f}]" if interval else ""
+
+
 @click.command("eval")
 @click.option("--dataset", required=True, help="Seed dataset name (e.g. banking77).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "dev", "test"]))
@@ -275,6 +372,7 @@ def eval_cmd(dataset: str, split: str, as_json: bool, settings: FinetuneSettings
         click.echo(json.dumps(result, sort_keys=True, default=str))
         return
     click.echo(
-        f"{dataset}/{split}  model {result['model_version']}  n={result['n']}  accuracy={result['accuracy']:.4f}  "
-        f"macro-F1={result['macro_f1']:.4f}  ECE={result['ece']:.4f}"
+        f"{dataset}/{split}  model {result['model_version']}  n={result['n']}  "
+        f"accuracy={result['accuracy']:.4f} {_interval_text(result.get('accuracy_ci95'))}  "
+        f"macro-F1={result['macro_f1']:.4f} {_interval_text(result.get('macro_f1_ci95'))}  ECE={result['ece']:.4f}"
     )

@@ -202,10 +202,46 @@ def test_eval_prints_the_contract_json_for_the_champion(
     assert {"dataset", "n", "accuracy", "macro_f1", "model_version", "ece", "task", "per_class"} <= set(out)
     assert (out["dataset"], out["model_version"], out["task"], out["n"]) == ("banking77", "m-eval", "cs_topic", 154)
     assert 0.0 <= out["accuracy"] <= 1.0 and len(out["per_class"]) == 77
+    assert out["accuracy_ci95"][0] <= out["accuracy"] <= out["accuracy_ci95"][1]
+    assert out["macro_f1_ci95"][0] <= out["macro_f1"] <= out["macro_f1_ci95"][1]
     assert {"precision", "recall"} <= set(out["per_class"]["card_arrival"])
     assert Path(out["report"]["confusion_png"]).is_file()
     bad = runner.invoke(eval_cmd, ["--dataset", "nope", "--json"], env=env)
     assert bad.exit_code != 0 and "unknown dataset 'nope'" in bad.output
+
+
+def test_compare_tells_a_collapsed_candidate_from_its_baseline_row_by_row(
+    seed_slice: Path, tmp_path: Path, db: Database, tiny: Any
+) -> None:
+    bundle = tmp_path / "base"
+    shutil.copytree(tiny[0], bundle)
+    base_dev = _register(db, bundle, "m-base", seed_slice, tmp_path)
+    collapsed_dev = _register(
+        db, _collapsed_copy(bundle, tmp_path / "collapsed", "m-collapsed"), "m-collapsed", seed_slice, tmp_path
+    )
+    runner = CliRunner()
+    env = _env(seed_slice, tmp_path)
+    result = runner.invoke(finetune, ["compare", "m-base", "m-collapsed", "--split", "dev"], env=env)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["baseline"], out["candidate"], out["split"]) == ("m-base", "m-collapsed", "dev")
+    assert set(out["datasets"]) == set(base_dev)
+    for name, cmp in out["datasets"].items():
+        # the same figures the registry holds for each model's dev run, and their difference
+        assert cmp["macro_f1"]["baseline"] == pytest.approx(base_dev[name]["macro_f1"])
+        assert cmp["macro_f1"]["candidate"] == pytest.approx(collapsed_dev[name]["macro_f1"])
+        assert cmp["n"] == base_dev[name]["n"]
+        lo, hi = cmp["macro_f1"]["delta_ci95"]
+        assert lo <= cmp["macro_f1"]["delta"] <= hi
+    mean_delta = sum(c["macro_f1"]["delta"] for c in out["datasets"].values()) / len(out["datasets"])
+    assert out["overall"]["mean_macro_f1_delta"] == pytest.approx(mean_delta)
+    assert mean_delta < 0 and out["overall"]["candidate_better_share"] < 0.5
+    same = json.loads(
+        runner.invoke(finetune, ["compare", "m-base", "m-base", "--dataset", "banking77"], env=env).stdout
+    )
+    assert same["datasets"]["banking77"]["accuracy"]["delta_ci95"] == [0.0, 0.0]
+    unknown = runner.invoke(finetune, ["compare", "m-base", "m-nope"], env=env)
+    assert unknown.exit_code != 0 and "unknown model version m-nope" in unknown.output
 
 
 def test_a_second_run_is_refused_while_one_holds_the_lock(seed_slice: Path, tmp_path: Path, db: Database) -> None:
