@@ -208,42 +208,32 @@ def compare_cmd(
     datasets (the gate's "overall"). An interval that straddles 0 means the rows cannot tell the two apart.
     """
     _offline()
-    import zlib
-
-    from finetune.evaluate import mean_difference, paired_bootstrap
+    from finetune.evaluate import Predictions, paired_summary
 
     records = [_record(settings, baseline), _record(settings, candidate)]
     names = _dataset_names(datasets)
     settings.require_seed_data()
-    scored: list[dict[str, tuple[Scored, ReadStats, TaskSpec]]] = []
+    predictions: list[Predictions] = []
+    labels: list[dict[str, tuple[str, ...]]] = []
     for record in records:  # one model in memory at a time
         bundle = _load(settings, record)
-        scored.append({name: _score_split(settings, bundle, record.version, name, split) for name in names})
+        preds: Predictions = {}
+        labels.append({})
+        for name in names:
+            scored, _, spec = _score_split(settings, bundle, record.version, name, split)
+            preds[name] = (scored.labels.numpy(), scored.logits.argmax(dim=1).numpy())
+            labels[-1][name] = tuple(spec.labels)
+        predictions.append(preds)
         del bundle
-    per_dataset: dict[str, Any] = {}
-    comparisons = []
     for name in names:
-        (base, _, base_spec), (cand, _, cand_spec) = scored[0][name], scored[1][name]
-        if tuple(base_spec.labels) != tuple(cand_spec.labels):
+        if labels[0][name] != labels[1][name]:
             raise click.ClickException(
-                f"{name}: {baseline} and {candidate} have different label sets for {base_spec.name}; "
-                "they cannot be compared row by row"
+                f"{name}: {baseline} and {candidate} have different label sets; they cannot be compared row by row"
             )
-        comparison = paired_bootstrap(
-            base.labels.numpy(), base.logits.argmax(dim=1).numpy(), cand.logits.argmax(dim=1).numpy(),
-            len(base_spec.labels), seed=zlib.crc32(name.encode()),
-        )  # fmt: skip
-        comparisons.append(comparison)
-        per_dataset[name] = comparison.to_json()
-    echo_json(
-        {
-            "baseline": records[0].version,
-            "candidate": records[1].version,
-            "split": split,
-            "datasets": per_dataset,
-            "overall": mean_difference(comparisons),
-        }
-    )
+    summary = paired_summary(predictions[0], predictions[1], {n: len(labels[0][n]) for n in names})
+    if summary is None:
+        raise click.ClickException(f"no rows to compare on in the {split} split of {', '.join(names)}")
+    echo_json({"baseline": records[0].version, "candidate": records[1].version, "split": split, **summary})
 
 
 @finetune.command("promote")
@@ -270,12 +260,17 @@ def promote_cmd(version: str, force: bool, settings: FinetuneSettings) -> None:
         champion = get_champion(session)
         detail: dict[str, Any] = {"forced": force}
         if not force:
+            # the paired comparison recorded by the candidate's run counts only against the champion it was made with
+            paired = record.metrics.get("gate", {}).get("paired") or {}
+            against_current = champion is not None and paired.get("champion") == champion.version
             decision = decide(
                 record.metrics.get("dev", {}),
                 champion.metrics.get("dev", {}) if champion is not None else None,
                 tolerance=settings.gate_tolerance,
                 min_improvement=settings.gate_min_improvement,
                 min_macro_f1=settings.gate_min_macro_f1,
+                better_share=paired["overall"]["candidate_better_share"] if against_current else None,
+                min_confidence=settings.gate_min_confidence,
             )
             if not decision.accepted:
                 raise click.ClickException(

@@ -7,6 +7,7 @@ which is what tells a real gain from a lucky seed.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -174,6 +175,27 @@ def mean_difference(comparisons: Sequence[PairedComparison]) -> dict[str, Any]:
         "mean_macro_f1_delta": point,
         "mean_macro_f1_delta_ci95": _interval(deltas),
         "candidate_better_share": float((deltas > 0).mean()),
+    }
+
+
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # dataset -> (gold label ids, predicted label ids)
+
+
+def paired_summary(baseline: Predictions, candidate: Predictions, n_labels: dict[str, int]) -> dict[str, Any] | None:
+    """Paired bootstrap of candidate against baseline on every dataset both scored on the same rows (same gold
+    labels in the same order), and of the mean macro-F1 over those datasets; None when there is none. Each
+    dataset's resamples have their own seed (from its name), so datasets of equal size do not move together."""
+    comparisons: dict[str, PairedComparison] = {}
+    for name in sorted(set(baseline) & set(candidate)):
+        (gold, pred_base), (gold_cand, pred_cand) = baseline[name], candidate[name]
+        if len(gold) == 0 or not np.array_equal(gold, gold_cand):
+            continue
+        comparisons[name] = paired_bootstrap(gold, pred_base, pred_cand, n_labels[name], seed=zlib.crc32(name.encode()))
+    if not comparisons:
+        return None
+    return {
+        "datasets": {name: c.to_json() for name, c in comparisons.items()},
+        "overall": mean_difference(list(comparisons.values())),
     }
 
 

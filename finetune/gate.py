@@ -1,9 +1,10 @@
 """The promotion gate: pure logic, no I/O.
 
 A candidate becomes champion only if (1) it passes the sanity floor on every dataset, and, when there is a
-champion, (2) its mean dev macro-F1 beats the champion's by more than ``min_improvement`` and (3) no dataset's
-macro-F1 falls by more than ``tolerance``. Both sides must be measured on the same rows (the fine-tune run
-re-scores the champion on the candidate's dev rows).
+champion, (2) its mean dev macro-F1 beats the champion's by more than ``min_improvement``, (3) no dataset's
+macro-F1 falls by more than ``tolerance`` and, when ``min_confidence`` is set, (4) it beats the champion's mean in at
+least that share of paired bootstrap resamples of the dev rows. Both sides must be measured on the same rows (the
+fine-tune run re-scores the champion on the candidate's dev rows).
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ def decide(
     tolerance: float,
     min_improvement: float = 0.0,
     min_macro_f1: float = 0.0,
+    better_share: float | None = None,
+    min_confidence: float = 0.0,
 ) -> GateDecision:
-    """Decide on per-dataset dev metrics (``{dataset: {"macro_f1": ...}}``) of a candidate vs the champion."""
+    """Decide on per-dataset dev metrics (``{dataset: {"macro_f1": ...}}``) of a candidate vs the champion.
+
+    ``better_share``: in how many paired resamples of the dev rows the candidate's mean macro-F1 beat the
+    champion's (:func:`finetune.evaluate.paired_summary`), or None when no such comparison was made; with
+    ``min_confidence`` above 0 a missing comparison refuses, since the check cannot be skipped silently."""
     if not candidate:
         return GateDecision(False, ["the candidate has no dev metrics"], 0.0)
     reasons: list[str] = []
@@ -68,6 +75,17 @@ def decide(
             f"mean dev macro-F1 {cand_common:.4f} does not beat the champion's {champ_common:.4f}"
             + (f" by more than {min_improvement:.4f}" if min_improvement else "")
         )
+    if min_confidence > 0:
+        if better_share is None:
+            reasons.append(
+                f"no paired comparison with the champion on the same dev rows, so the required confidence "
+                f"({min_confidence:.1%} of resamples) cannot be checked"
+            )
+        elif better_share < min_confidence:
+            reasons.append(
+                f"the candidate's mean dev macro-F1 beats the champion's in {better_share:.1%} of paired resamples "
+                f"of the dev rows, less than the required {min_confidence:.1%}"
+            )
     for name, delta in deltas.items():
         if delta < -tolerance:
             reasons.append(

@@ -29,7 +29,7 @@ from torch import nn
 from finetune import registry as reg
 from finetune.calibrate import ece, fit_source_classifier, fit_source_temperatures, fit_temperature
 from finetune.data import DATASETS, Example, TrainingData, check_label_sets, count_labels, load_training_data
-from finetune.evaluate import Scored, metrics_from_logits, score_examples, summarize
+from finetune.evaluate import Predictions, Scored, metrics_from_logits, paired_summary, score_examples, summarize
 from finetune.gate import decide
 from finetune.report import reports_dir, write_report
 from finetune.settings import FinetuneSettings
@@ -146,13 +146,15 @@ def evaluate_on_dev(
     seed: int = 42,
     progress: bool = True,
     desc: str = "dev",
+    predictions: Predictions | None = None,
 ) -> tuple[dict[str, TaskSpec], dict[str, dict[str, Any]]]:
     """(the specs with their calibration, metrics per dataset).
 
     With ``calibrate`` the temperatures are fitted on these rows (all datasets of a task pooled). With
     ``calibration="per_source"`` and ``train_rows`` (task -> train examples), a head with two or more dev datasets
     gets a temperature per dataset and a source classifier, which is attached to ``model.source_classifiers``
-    (``save_bundle`` writes it). Without ``calibrate`` the specs' calibrations and the model's classifiers are used."""
+    (``save_bundle`` writes it). Without ``calibrate`` the specs' calibrations and the model's classifiers are used.
+    ``predictions``, when given, receives each dataset's (gold, predicted) label ids, for a paired comparison."""
     scored: dict[str, Scored] = {}
     for name, rows in dev.items():
         task = DATASETS[name].task
@@ -169,6 +171,8 @@ def evaluate_on_dev(
             progress=progress,
             desc=f"{desc} {name}",
         )
+        if predictions is not None:
+            predictions[name] = (scored[name].labels.numpy(), scored[name].logits.argmax(dim=1).numpy())
     out_specs: dict[str, TaskSpec] = {}
     for task, spec in specs.items():
         names = [n for n in scored if DATASETS[n].task == task]
@@ -294,6 +298,7 @@ def _check_shared_temperatures(
 
 def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     keys = ["n", "accuracy", "macro_f1", "ece", "ece_uncalibrated", "nll", "temperature"]
+    keys += ["accuracy_ci95", "macro_f1_ci95"]
     keys += ["temperature_alone", "ece_alone"]  # datasets of a shared head only
     keys += ["source_accuracy"]  # datasets of a head calibrated per source
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
@@ -337,11 +342,12 @@ def run_pipeline(
             champ_specs = _champion_specs(champion.artifact_path) if champion is not None else None
             label_changes = check_label_sets(data.specs, champ_specs, allow_new_label_set=eff.allow_new_label_set)
             result = train(eff, data, should_stop=should_stop, progress=progress, max_steps=max_steps)
+            cand_pred: Predictions = {}
             specs, dev_metrics = evaluate_on_dev(
                 result.model, result.tokenizer, data.specs, data.dev,
                 max_length=eff.max_length, normalization=eff.text_normalization, batch_size=eff.eval_batch_size,
                 calibrate=True, calibration=eff.calibration, train_rows=data.train, seed=eff.seed,
-                progress=progress,
+                progress=progress, predictions=cand_pred,
             )  # fmt: skip
             temperatures: dict[str, Any] = {
                 task: dict(zip(s.sources, s.source_temperatures, strict=True)) if s.sources else s.temperature
@@ -391,6 +397,7 @@ def run_pipeline(
 
             # the champion, re-scored on exactly the same dev rows
             champion_dev: dict[str, dict[str, Any]] | None = None
+            paired: dict[str, Any] | None = None
             champion_note = None
             if champion is not None:
                 try:
@@ -399,13 +406,17 @@ def run_pipeline(
                         t: s for t, s in champ.manifest.tasks.items() if t in specs and s.labels == specs[t].labels
                     }
                     dev_rows = {n: r for n, r in data.dev.items() if DATASETS[n].task in comparable}
+                    champ_pred: Predictions = {}
                     _, champ_metrics = evaluate_on_dev(
                         champ.model, champ.tokenizer, comparable, dev_rows,
                         max_length=champ.manifest.max_length, normalization=champ.manifest.text_normalization,
                         batch_size=eff.eval_batch_size, calibrate=False,
-                        progress=progress, desc="champion dev",
+                        progress=progress, desc="champion dev", predictions=champ_pred,
                     )  # fmt: skip
                     champion_dev = _gate_view(champ_metrics)
+                    paired = paired_summary(
+                        champ_pred, cand_pred, {n: len(specs[DATASETS[n].task].labels) for n in champ_pred}
+                    )
                     del champ
                 except ArtifactError as exc:
                     champion_note = f"champion {champion.version} cannot be loaded ({exc}); gated on sanity only"
@@ -418,12 +429,13 @@ def run_pipeline(
                 tolerance=eff.gate_tolerance,
                 min_improvement=eff.gate_min_improvement,
                 min_macro_f1=eff.gate_min_macro_f1,
+                better_share=paired["overall"]["candidate_better_share"] if paired else None,
+                min_confidence=eff.gate_min_confidence,
             )
-            metrics = {
-                "dev": cand_dev,
-                "overall": summarize(cand_dev),
-                "gate": {**decision.to_json(), "champion": champion.version if champion else None},
-            }
+            gate_record: dict[str, Any] = {**decision.to_json(), "champion": champion.version if champion else None}
+            if paired is not None:
+                gate_record["paired"] = {"champion": champion.version if champion else None, **paired}
+            metrics = {"dev": cand_dev, "overall": summarize(cand_dev), "gate": gate_record}
             if champion_dev is not None:
                 metrics["champion_dev"] = champion_dev
             with db.session() as session:
@@ -454,7 +466,7 @@ def run_pipeline(
                 "version": version,
                 "status": status,
                 "promoted": decision.accepted,
-                "gate": decision.to_json(),
+                "gate": gate_record,
                 "previous_champion": champion.version if champion else None,
                 "artifact_path": str(bundle_root / "bundle"),
                 "artifact_sha256": digest,

@@ -184,6 +184,14 @@ class FinetuneSettings(CommonSettings):
         description="The candidate's mean dev macro-F1 must exceed the champion's by more than "
         "this to be promoted (0 = any improvement).",
     )
+    gate_min_confidence: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="The share of 1,000 paired bootstrap resamples of the dev rows in which the candidate's mean dev "
+        "macro-F1 beats the champion's must reach this (0 = not checked). 0.9 promotes only a candidate better "
+        "beyond what another draw of dev rows could give; retraining on a few new labels then rarely promotes.",
+    )
     gate_min_macro_f1: float = Field(
         default=0.2,
         ge=0,

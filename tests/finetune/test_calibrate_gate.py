@@ -166,3 +166,17 @@ def test_a_calibration_per_source_is_recorded_in_the_manifest_and_checked_when_r
         TaskSpec("news_sentiment", "news", "sentiment", ("a", "b"), 1.0, sources=("x",), source_temperatures=(2.0,))
     with pytest.raises(ValueError, match="two or more sources"):
         TaskSpec("news_sentiment", "news", "sentiment", ("a", "b"), 1.0, sources=("x", "y"), source_temperatures=(2.0,))
+
+
+def test_a_required_confidence_refuses_a_gain_the_dev_rows_cannot_vouch_for() -> None:
+    cand, champ = _m(a=0.80, b=0.71), _m(a=0.78, b=0.70)
+    assert decide(cand, champ, tolerance=0.02, better_share=0.95, min_confidence=0.9).accepted
+    unsure = decide(cand, champ, tolerance=0.02, better_share=0.71, min_confidence=0.9)
+    assert not unsure.accepted
+    assert any("champion's in 71.0% of paired resamples" in r and "required 90.0%" in r for r in unsure.reasons)
+    # the check cannot be skipped for want of a comparison
+    blind = decide(cand, champ, tolerance=0.02, better_share=None, min_confidence=0.9)
+    assert not blind.accepted and any("cannot be checked" in r for r in blind.reasons)
+    # off by default, and never asked of the first model
+    assert decide(cand, champ, tolerance=0.02, better_share=0.1).accepted
+    assert decide(cand, None, tolerance=0.02, better_share=None, min_confidence=0.9).accepted

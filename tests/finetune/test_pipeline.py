@@ -244,6 +244,36 @@ def test_compare_tells_a_collapsed_candidate_from_its_baseline_row_by_row(
     assert unknown.exit_code != 0 and "unknown model version m-nope" in unknown.output
 
 
+def test_a_run_compares_its_candidate_with_the_champion_row_by_row_and_can_demand_confidence(
+    seed_slice: Path, tmp_path: Path, db: Database, tiny: Any
+) -> None:
+    _register(db, tiny[0], "m-champ", seed_slice, tmp_path)
+    with db.session() as session:
+        reg.promote(session, "m-champ", actor="test")
+    # two near-chance models of a few steps: no gain can be vouched for at 99.9% on a handful of dev rows
+    settings = tiny_settings(seed_slice, tmp_path, gate_min_confidence=0.999)
+    summary = run_pipeline(settings, db, max_steps=3, progress=False)
+    assert summary["status"] == "rejected" and not summary["promoted"]
+    reasons = summary["gate"]["reasons"]
+    assert any("of paired resamples of the dev rows, less than the required 99.9%" in r for r in reasons)
+    paired = summary["gate"]["paired"]
+    assert paired["champion"] == "m-champ" and set(paired["datasets"]) == set(summary["dev"])
+    with db.session() as session:
+        row = get_version(session, summary["version"])
+        assert row is not None and row.metrics["gate"]["paired"]["overall"] == paired["overall"]
+        champion_dev = row.metrics["champion_dev"]
+        champ = get_champion(session)
+        assert champ is not None and champ.version == "m-champ"
+    for name, cmp in paired["datasets"].items():
+        # both sides of the comparison are the figures the gate compared
+        assert cmp["macro_f1"]["candidate"] == pytest.approx(summary["dev"][name]["macro_f1"], abs=1e-4)
+        assert cmp["macro_f1"]["baseline"] == pytest.approx(champion_dev[name]["macro_f1"])
+    # a manual promotion under the same setting reads the recorded comparison against the same champion
+    env = {**_env(seed_slice, tmp_path), "RISKSTREAM_GATE_MIN_CONFIDENCE": "0.999"}
+    refused = CliRunner().invoke(finetune, ["promote", summary["version"]], env=env)
+    assert refused.exit_code != 0 and "of paired resamples" in refused.output
+
+
 def test_a_second_run_is_refused_while_one_holds_the_lock(seed_slice: Path, tmp_path: Path, db: Database) -> None:
     settings = tiny_settings(seed_slice, tmp_path)
     with run_lock(tmp_path), pytest.raises(AlreadyRunningError, match="another fine-tune run holds"):
