@@ -58,12 +58,13 @@ class FinetuneSettings(CommonSettings):
     )
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay (regularisation).")
     layer_lr_decay: float = Field(
-        default=1.0,
+        default=0.9,
         gt=0,
         le=1,
         description="Layer-wise learning-rate decay: each encoder layer trains at this factor of the one above it "
-        "(the top layer at --lr, the embeddings lowest). Below 1 keeps the lower layers closer to the pretraining. "
-        "1 (the default) gives every encoder layer the same rate.",
+        "(the top layer at --lr, the embeddings lowest). Below 1 keeps the lower layers closer to the pretraining; "
+        "0.9 gained 0.6 point of mean dev macro-F1 over two seeds (docs/models.md). 1 gives every encoder layer "
+        "the same rate.",
     )
     warmup_ratio: float = Field(
         default=0.06, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up."
@@ -234,6 +235,9 @@ class FinetuneSettings(CommonSettings):
             updates["max_train_minutes"] = 3.0
         if "lr" not in self.model_fields_set:
             updates["lr"] = 1.5e-4
+        if "layer_lr_decay" not in self.model_fields_set:
+            # measured on the full profile's three epochs only; the few hundred quick steps keep one rate
+            updates["layer_lr_decay"] = 1.0
         return self.model_copy(update=updates)
 
     def resolved_base_model(self) -> Path:

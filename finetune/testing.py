@@ -29,6 +29,7 @@ def tiny_settings(seed_data: Path, data_dir: Path, **overrides: object) -> Finet
         # pinned: what a few-step model learns must not move when the product's tuned defaults do
         "lr": 1e-4,
         "head_lr": 2e-3,
+        "layer_lr_decay": 1.0,
         "task_sampling_temperature": 2.0,
         "task_weight_multipliers": {"cs_sentiment": 0.5},
         "text_normalization": "reader",

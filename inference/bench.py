@@ -526,9 +526,9 @@ def steady_rate(samples: Sequence[tuple[float, int]], n: int, lo: float = 0.1, h
 
     ``samples`` are (seconds since the first produce, documents searchable). The whole run's rate (``n`` over the
     time to the last document) also counts the pipeline's fixed latency once, mostly the index's 1 s refresh
-    interval, which a stream pays per document in latency, not in throughput; on a run of a few seconds that
-    alone is 10-20% of the time. None when fewer than two refreshes fell between ``lo`` and ``hi`` (too short a
-    run to tell a rate from the refresh steps)."""
+    interval, which a stream pays per document in latency, not in throughput (measured: 0-12% of the rate on runs
+    of 2,000-4,000 documents). None when fewer than two refreshes fell between ``lo`` and ``hi`` (too short a run
+    to tell a rate from the refresh steps)."""
     first_lo = next((i for i, (_, c) in enumerate(samples) if c >= lo * n), None)
     first_hi = next((i for i, (_, c) in enumerate(samples) if c >= hi * n), None)
     if first_lo is None or first_hi is None:
