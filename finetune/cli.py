@@ -208,29 +208,43 @@ def compare_cmd(
     datasets (the gate's "overall"). An interval that straddles 0 means the rows cannot tell the two apart.
     """
     _offline()
+    from finetune.data import DATASETS
     from finetune.evaluate import Predictions, paired_summary
+    from riskstream.modeling import ArtifactError, read_manifest
 
     records = [_record(settings, baseline), _record(settings, candidate)]
     names = _dataset_names(datasets)
     settings.require_seed_data()
+    # label sets first, from the manifests alone: a comparison that cannot be made is refused before any scoring
+    labels: dict[str, tuple[str, ...]] = {}
+    try:
+        manifests = [read_manifest(Path(r.artifact_path)) for r in records]
+    except ArtifactError as exc:
+        raise click.ClickException(f"refused: {exc}") from exc
+    for name in names:
+        task = DATASETS[name].task
+        heads: list[tuple[str, ...]] = []
+        for record, manifest in zip(records, manifests, strict=True):
+            spec = manifest.tasks.get(task)
+            if spec is None:
+                raise click.ClickException(f"model {record.version} has no head for task {task}")
+            heads.append(tuple(spec.labels))
+        if heads[0] != heads[1]:
+            raise click.ClickException(
+                f"{name}: {baseline} and {candidate} have different label sets for {task}; "
+                "they cannot be compared row by row"
+            )
+        labels[name] = heads[0]
     predictions: list[Predictions] = []
-    labels: list[dict[str, tuple[str, ...]]] = []
     for record in records:  # one model in memory at a time
         bundle = _load(settings, record)
         preds: Predictions = {}
-        labels.append({})
         for name in names:
-            scored, _, spec = _score_split(settings, bundle, record.version, name, split)
+            scored, _, _ = _score_split(settings, bundle, record.version, name, split)
             preds[name] = (scored.labels.numpy(), scored.logits.argmax(dim=1).numpy())
-            labels[-1][name] = tuple(spec.labels)
         predictions.append(preds)
         del bundle
-    for name in names:
-        if labels[0][name] != labels[1][name]:
-            raise click.ClickException(
-                f"{name}: {baseline} and {candidate} have different label sets; they cannot be compared row by row"
-            )
-    summary = paired_summary(predictions[0], predictions[1], {n: len(labels[0][n]) for n in names})
+    summary = paired_summary(predictions[0], predictions[1], {n: len(labels[n]) for n in names})
     if summary is None:
         raise click.ClickException(f"no rows to compare on in the {split} split of {', '.join(names)}")
     echo_json({"baseline": records[0].version, "candidate": records[1].version, "split": split, **summary})

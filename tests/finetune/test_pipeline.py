@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,16 @@ def test_compare_tells_a_collapsed_candidate_from_its_baseline_row_by_row(
     assert same["datasets"]["banking77"]["accuracy"]["delta_ci95"] == [0.0, 0.0]
     unknown = runner.invoke(finetune, ["compare", "m-base", "m-nope"], env=env)
     assert unknown.exit_code != 0 and "unknown model version m-nope" in unknown.output
+    # a head whose labels differ (one renamed) cannot be compared row by row, and is refused by name
+    renamed = load_bundle(bundle)
+    spec = renamed.manifest.tasks["cs_sentiment"]
+    renamed.manifest.tasks["cs_sentiment"] = replace(spec, labels=("angry", *spec.labels[1:]))
+    renamed.manifest.version = "m-renamed"
+    save_bundle(renamed.model, renamed.tokenizer, renamed.manifest, tmp_path / "renamed")
+    _register(db, tmp_path / "renamed", "m-renamed", seed_slice, tmp_path)
+    refused = runner.invoke(finetune, ["compare", "m-base", "m-renamed", "--dataset", "cs_sentiment"], env=env)
+    assert refused.exit_code != 0
+    assert "cs_sentiment: m-base and m-renamed have different label sets for cs_sentiment" in refused.output
 
 
 def test_a_run_compares_its_candidate_with_the_champion_row_by_row_and_can_demand_confidence(
