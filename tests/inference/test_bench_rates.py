@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from inference.bench import steady_rate
+from inference.bench import _cpu_seconds, mean_rate, steady_rate, steady_window
 
 
 def _follow(rate: float, n: int, latency: float, refresh: float = 1.0, poll: float = 0.2) -> list[tuple[float, int]]:
@@ -42,3 +42,45 @@ def test_a_run_too_short_to_show_a_rate_gives_none() -> None:
     # 2,000 documents at 5,000/s: all of them appear at one refresh
     assert steady_rate(_follow(5000.0, 2000, 0.5), 2000) is None
     assert steady_rate([(0.2, 0), (0.4, 10)], 2000) is None  # never reached 90%
+
+
+def test_the_reference_rate_averages_the_passes_as_a_sustained_rate_does() -> None:
+    # two passes of 2,000 documents, one in a fast moment of the machine (5 s) and one in a slow one (8 s)
+    assert mean_rate(2000, [5.0, 8.0]) == pytest.approx(4000 / 13.0)
+    # all the documents over all the time: between the slow pass (250/s) and the fast one (400/s)
+    assert 250.0 < mean_rate(2000, [5.0, 8.0]) < 400.0
+    assert mean_rate(2000, [4.0]) == 500.0
+    with pytest.raises(ValueError, match="at least one pass"):
+        mean_rate(2000, [])
+    with pytest.raises(ValueError, match="positive"):
+        mean_rate(2000, [1.0, 0.0])
+
+
+def test_the_steady_window_brackets_the_full_flow() -> None:
+    samples = _follow(250.0, 4000, 1.0)
+    window = steady_window(samples, 4000)
+    assert window is not None
+    a, b = window
+    # the window starts at the first sample with 10% searchable and ends at the first with 90%
+    assert samples[a][1] >= 400 and samples[a - 1][1] < 400
+    assert samples[b][1] >= 3600 and samples[b - 1][1] < 3600
+    assert steady_rate(samples, 4000) == pytest.approx(
+        (samples[b][1] - samples[a][1]) / (samples[b][0] - samples[a][0])
+    )
+    assert steady_window(_follow(5000.0, 2000, 0.5), 2000) is None
+
+
+def test_cpu_seconds_reads_this_process_and_none_for_a_missing_one() -> None:
+    import os
+    import time
+
+    before = _cpu_seconds(os.getpid())
+    if before is None:
+        pytest.skip("no /proc on this platform")
+    t = time.process_time()
+    while time.process_time() - t < 0.3:  # burn 0.3 s of CPU
+        pass
+    after = _cpu_seconds(os.getpid())
+    assert after is not None
+    assert after - before == pytest.approx(0.3, abs=0.1)
+    assert _cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max: never a process
