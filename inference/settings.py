@@ -124,12 +124,14 @@ class WorkerSettings(EngineSettings):
         "latency at light load; higher gives fuller (cheaper) batches.",
     )
     batch_token_budget: int = Field(
-        default=16384,
+        default=49152,
         description="A micro-batch (one commit unit) closes when its documents hold this many tokens (estimated "
-        "from characters) or after max_wait_ms. The engine splits it into forward passes of token_budget.",
+        "from characters, at most max_length each) or after max_wait_ms. The engine splits it into forward passes "
+        "of token_budget. At light load batches close by age and stay small; under a backlog they fill to this "
+        "budget (about 1,000 tweets), which scores ~15% more documents/s on a CPU than batches of 300.",
     )
     max_batch_messages: int = Field(
-        default=512, description="Max messages in one micro-batch (one ES bulk request, one commit)."
+        default=2048, description="Max messages in one micro-batch (one ES bulk request, one commit)."
     )
     poll_max_records: int = Field(default=500, description="max_poll_records of the Kafka consumer.")
     pipeline_depth: int = Field(

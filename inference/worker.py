@@ -315,6 +315,8 @@ class Worker:
             self._add(polled, now)
             if polled:
                 idle_since = now
+                if self.batcher.due(now) and not self.batcher.full():
+                    now = self._top_up()
             if self.batcher.due(now):
                 self._process(self.batcher.take())
             elif not len(self.batcher) and not self.sink.in_flight and 0 < self.settings.idle_exit_s < now - idle_since:
@@ -328,15 +330,34 @@ class Worker:
             self.metrics.failures.labels(reason="stranded_join").inc()
         return polled
 
+    def _top_up(self) -> float:
+        """A micro-batch about to close by age takes what the client already holds first (polls that do not wait),
+        until the batch is full or nothing more is there; returns the time after the last poll.
+
+        Under a backlog every record is older than ``max_wait_ms``, so without this each poll (at most
+        ``poll_max_records``) would become a batch of its own. Batches of a few hundred tweets score about 15%
+        slower per document than batches of a thousand (uneven forward passes at their ends, less to sort by
+        length), so a backlog is cleared faster in full batches. At light load the extra poll returns nothing."""
+        while True:
+            more = self._poll(0)
+            now = time.monotonic()
+            if not any(more.values()):
+                return now
+            self._add(more, now)
+            if self.batcher.full():
+                return now
+
     def _add(self, polled: dict[Any, list[Any]], now: float) -> None:
         wall = time.time()
+        # the engine truncates every document to its max_length: a long article weighs no more than that in a batch
+        cap = (self.engine.max_length if self.engine is not None else 512) + 2
         for records in polled.values():
             for record in records:
                 size = len(record.value) if record.value is not None else 0
                 # how long the record already waited in Kafka (producer's CreateTime; clamped by the batcher)
                 stamp = getattr(record, "timestamp", None)
                 age = wall - stamp / 1000 if isinstance(stamp, int) and stamp > 0 else 0.0
-                self.batcher.add(record, size // 4 + 2, now, age)
+                self.batcher.add(record, min(size // 4 + 2, cap), now, age)
         self.metrics.queue_depth.set(len(self.batcher))
 
     def _drain_timeout_s(self) -> float:

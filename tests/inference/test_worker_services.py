@@ -361,6 +361,22 @@ def test_two_workers_in_one_group_share_the_partitions(
     assert sorted(d["_id"] for d in docs) == sorted(f"shared-{i}" for i in range(60))
 
 
+def test_a_backlog_is_scored_in_full_micro_batches_not_one_per_poll(
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+) -> None:
+    # 600 documents wait in Kafka before the worker starts: all older than max_wait_ms, so every batch is due at once
+    produce(worker_settings, good_docs("backlog", 600))
+    settings = worker_settings.model_copy(update={"poll_max_records": 40})
+    run = start_worker(settings, engine=engine_v1)
+    wait_until(lambda: es_count(worker_settings) >= 600, 240, "600 documents")
+    run.stop()
+    # one batch per poll would be 15 batches of at most 40; a batch that takes what the client already holds before
+    # it closes fills to its budget (the first ones may hold only the partitions whose fetch had come back)
+    assert run.worker.batches_done <= 6, f"{run.worker.batches_done} batches for 600 documents in 40-record polls"
+    docs = es_docs(worker_settings)
+    assert sorted(d["_id"] for d in docs) == sorted(f"backlog-{i}" for i in range(600))
+
+
 def test_a_leader_whose_topic_gains_partitions_gets_them_despite_short_polls(worker_settings: WorkerSettings) -> None:
     """kafka-python 3.0 strands the join a leader starts when its topic gains partitions if a ``poll`` times out
     during it (without the rescue, this consumer keeps 1 partition for good: 4 runs of 4). The worker polls with
