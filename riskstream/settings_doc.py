@@ -84,20 +84,24 @@ def render() -> str:
         "",
         "Every setting is an environment variable and a flag of the same name on the commands that use it; the "
         "flag wins over the variable, the variable over the default. Secrets are never logged "
-        "(`riskstream config` masks them).",
+        "(`riskstream config` masks them). A name that two processes read with different defaults or meanings "
+        "appears in each of their sections; each process reads it, so set it in that process's environment, not "
+        "in one shared by both.",
         "",
         "## Shared by every process",
         "",
         *_table(CommonSettings, set()),
     ]
-    seen = set(CommonSettings.model_fields)
+    # name -> (default, description) where it was documented first: a field that another process's class inherits
+    # is documented once; one that only shares the name (another default or meaning) is documented again
+    seen = {n: (_default(f), f.description) for n, f in CommonSettings.model_fields.items()}
     for process, target in SETTINGS_CLASSES.items():
         cls = _load(target)
         if cls is None:
             continue
-        own = [n for n in cls.model_fields if n not in seen]
+        own = [n for n, f in cls.model_fields.items() if n not in seen or seen[n] != (_default(f), f.description)]
         if not own:
             continue
         lines += ["", f"## {process}", "", *_table(cls, set(cls.model_fields) - set(own))]
-        seen |= set(own)
+        seen.update({n: (_default(cls.model_fields[n]), cls.model_fields[n].description) for n in own})
     return "\n".join(lines) + "\n"
