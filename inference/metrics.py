@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 
 
 class WorkerMetrics:
@@ -42,6 +42,9 @@ class WorkerMetrics:
         self.paused = Gauge("riskstream_worker_paused", "1 while consumption is paused by backpressure.", registry=r)
         self.model = Info("riskstream_worker_model", "The model version being served.", registry=r)
         self.swaps = Counter("riskstream_worker_model_swaps", "Successful hot swaps.", registry=r)
+        # the process's CPU seconds and resident memory (process_cpu_seconds_total, process_resident_memory_bytes;
+        # Linux): whether a worker that falls behind is bound by its CPU, and how close it runs to its memory limit
+        ProcessCollector(registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         if port > 0:

@@ -156,6 +156,9 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
     served = {"version": "test-v1", "backend": "torch", "device": "cpu"}
     served["precision"] = "bf16" if has_native_bf16() else "fp32"  # auto: bf16 only where the CPU has it natively
     assert metric("riskstream_worker_model_info", served) == 1.0
+    # the process's own CPU and memory, for telling a CPU-bound worker and sizing its container
+    assert (metric("process_cpu_seconds_total") or 0) > 0
+    assert (metric("process_resident_memory_bytes") or 0) > 100e6  # a loaded model and torch: well over 100 MB
 
 
 def test_sigkill_mid_stream_then_restart_leaves_every_document_once(
