@@ -20,10 +20,12 @@ def worker(settings: WorkerSettings) -> None:
     commits and exits 0.
     """
     import os
+    import sys
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from inference.worker import Worker
 
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     w = Worker(settings)
     w.install_signals()
     w.run()

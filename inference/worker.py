@@ -304,7 +304,9 @@ class Worker:
                     self.sink.wait(0.2)
                 continue
             now = time.monotonic()
-            if self.batcher.due(now):  # the rest of a poll larger than one micro-batch: no need to poll first
+            if self.batcher.due(now):  # the rest of a poll larger than one micro-batch: no need to wait in a poll
+                if not self.batcher.full():
+                    self._top_up()
                 self._process(self.batcher.take())
                 continue
             timeout_ms = max(1, int(self.batcher.time_left(now) * 1000)) if len(self.batcher) else 200
