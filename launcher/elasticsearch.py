@@ -180,6 +180,9 @@ class ElasticsearchService(Service):
             "ES_JAVA_HOME": str(self._java_home),
             "ES_PATH_CONF": str(self.conf),
             "ES_TMPDIR": str(self.tmp),
+            # The launcher's own JVM probes the server's final JVM flags from a temporary directory that it leaves
+            # behind; without this every start left one in /tmp.
+            "CLI_JAVA_OPTS": f"-Djava.io.tmpdir={self.tmp}",
             "ES_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
         }
         argv = [str(self._home / "bin" / "elasticsearch")]
