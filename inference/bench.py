@@ -577,14 +577,16 @@ class _Standalone:
     """The engine alone, same settings as the worker, in the benchmark's process: the reference for the end-to-end
     share. One untimed pass over the texts first (it builds oneDNN's kernels for each batch shape, as the worker's
     warm-up does); then timed passes before the worker starts and again after the sustained phase (the worker
-    idle), so the reference sees the machine at both ends of the phase it is compared with."""
+    idle), so the reference sees the machine at both ends of the phase it is compared with. ``threads`` is the
+    torch threads of all the workers together: with several workers the reference gets the same cores."""
 
-    def __init__(self, settings: EngineSettings, texts: list[str]) -> None:
+    def __init__(self, settings: EngineSettings, texts: list[str], threads: int) -> None:
         import torch
 
         from inference.engine import build_engine
 
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(threads)
+        self.threads = threads
         self.texts = texts
         self.engine: Any = build_engine(_load_bundle(settings, settings.encoder_impl), settings)
         self.engine.score(texts, ["news"] * len(texts))
@@ -607,12 +609,34 @@ class _Standalone:
         return mean_rate(len(self.texts), self.seconds)
 
 
-def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warmup_docs: int = -1) -> dict[str, Any]:
+STALL_S = 300.0  # the end-to-end benchmark gives up when nothing new became searchable for this long
+
+
+def group_members(admin: Any, group_id: str) -> tuple[str, int]:
+    """The consumer group's state and how many of its members hold partitions (kafka-python's describe_groups)."""
+    info = admin.describe_groups([group_id])[group_id]
+    holding = [
+        m
+        for m in info.get("members") or []
+        if any(a.get("partitions") for a in (m.get("member_assignment") or {}).get("assigned_partitions") or [])
+    ]
+    return str(info.get("group_state") or ""), len(holding)
+
+
+def run_e2e_bench(
+    settings: WorkerSettings, n: int, latency_seconds: float, warmup_docs: int = -1, workers: int = 1
+) -> dict[str, Any]:
     """Sustained rate and latency from produce to searchable, against the configured Kafka and Elasticsearch.
 
     ``warmup_docs`` documents (default -1: the ``n`` texts once) go through the whole path before the timed phases,
     as the standalone engine's reference rate is timed after a first pass: the worker's first pass over new batch
-    shapes builds oneDNN's kernels for them, and Elasticsearch and Kafka warm up too."""
+    shapes builds oneDNN's kernels for them, and Elasticsearch and Kafka warm up too.
+
+    ``workers`` worker processes share the group (each with the configured torch threads), on a topic with three
+    partitions per worker, and the timed phases start once every one holds its partitions. The standalone reference
+    then runs on as many threads as the workers together."""
+    if workers < 1:
+        raise click.BadParameter(f"needs at least one worker, got {workers}", param_hint="--workers")
     from elasticsearch import ApiError
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient
@@ -634,13 +658,14 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
     )
     seed = s.require_seed_data()
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
-    reference = _Standalone(s, texts)
+    reference = _Standalone(s, texts, s.torch_threads * workers)
     reference.timed_pass()
-    # three partitions whatever the settings say: runs stay comparable
+    # three partitions per worker whatever the settings say: runs stay comparable, and the workers' shares equal
+    partitions = 3 * workers
     ensure_topics(
         s.kafka_bootstrap,
         [s.topic_raw, s.topic_scored, s.topic_dlq],
-        partitions=3,
+        partitions=partitions,
         replication=s.kafka_topic_replication,
         security=security_options(s),
     )
@@ -674,30 +699,61 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
                 return 0
             raise
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
     worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
-    worker = subprocess.Popen(
-        [str(Path(sys.executable).parent / "riskstream"), "worker"],
-        env=env,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
-    rss_peak = 0.0
+    procs: list[subprocess.Popen[bytes]] = []
+    for i in range(workers):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
+        if s.metrics_port > 0:
+            env["RISKSTREAM_METRICS_PORT"] = str(s.metrics_port + i)  # one port per process
+        procs.append(
+            subprocess.Popen(
+                [str(Path(sys.executable).parent / "riskstream"), "worker"],
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    rss_peaks = [0.0] * workers
+    rss_total_peak = 0.0
     stop_rss = threading.Event()
 
     def watch_rss() -> None:
-        nonlocal rss_peak
+        nonlocal rss_total_peak
         while not stop_rss.wait(0.5):
-            rss_peak = max(rss_peak, _rss_mb(worker.pid) or 0.0)
+            now = [_rss_mb(p.pid) or 0.0 for p in procs]
+            rss_peaks[:] = [max(a, b) for a, b in zip(rss_peaks, now, strict=True)]
+            rss_total_peak = max(rss_total_peak, sum(now))
+
+    def check_alive(during: str) -> None:
+        for p in procs:
+            if p.poll() is not None:
+                raise click.ClickException(f"a worker stopped {during} (exit {p.returncode}); see {worker_log.name}")
+
+    def workers_cpu() -> float | None:
+        seconds = [_cpu_seconds(p.pid) for p in procs]
+        return None if any(x is None for x in seconds) else sum(x for x in seconds if x is not None)
 
     threading.Thread(target=watch_rss, daemon=True).start()
+    admin = KafkaAdminClient(**client_options(s))
     try:
         send("warmup", "warm up the worker")
         producer.flush()
         deadline = time.monotonic() + 300
         while count() < 1:
-            if worker.poll() is not None or time.monotonic() > deadline:
+            check_alive("before it scored a first document")
+            if time.monotonic() > deadline:
                 raise click.ClickException(f"the worker did not start; see {worker_log.name}")
+            time.sleep(0.5)
+        # every worker holds partitions before the warm-up, so each warms its own kernels and no rebalance falls
+        # into a timed phase
+        while group_members(admin, s.group_id) != ("Stable", workers):
+            check_alive("while the group formed")
+            if time.monotonic() > deadline:
+                state = group_members(admin, s.group_id)
+                raise click.ClickException(
+                    f"the group did not settle with {workers} members holding partitions (now {state}); "
+                    f"see {worker_log.name}"
+                )
             time.sleep(0.5)
         warm = n if warmup_docs < 0 else warmup_docs
         if warm:
@@ -705,8 +761,7 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
                 send(f"warm-{i}", texts[i % len(texts)])
             producer.flush()
             while count() < warm + 1:
-                if worker.poll() is not None:
-                    raise click.ClickException(f"the worker stopped during the warm-up; see {worker_log.name}")
+                check_alive("during the warm-up")
                 time.sleep(0.2)
         # 1. sustained throughput: produce all at once, follow the searchable count until all are there
         t0 = time.perf_counter()
@@ -715,12 +770,20 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
         producer.flush()
         samples: list[tuple[float, int]] = []
         worker_cpu: list[float | None] = []
+        progress_at = (time.monotonic(), -1)
         while True:
             seen_now = count() - (warm + 1)
             samples.append((time.perf_counter() - t0, seen_now))
-            worker_cpu.append(_cpu_seconds(worker.pid))
+            worker_cpu.append(workers_cpu())
             if seen_now >= n:
                 break
+            if seen_now > progress_at[1]:
+                progress_at = (time.monotonic(), seen_now)
+            elif time.monotonic() - progress_at[0] > STALL_S:
+                raise click.ClickException(
+                    f"no document became searchable for {STALL_S:.0f} s ({seen_now} of {n}); see {worker_log.name}"
+                )
+            check_alive("during the throughput phase")
             time.sleep(0.2)
         whole_run = n / samples[-1][0]
         window = steady_window(samples, n)
@@ -776,14 +839,17 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
         poller.join(timeout=60)
         done.set()
         lat = sorted(seen[k] - produced[k] for k in produced if k in seen)
-        rss_now = _rss_mb(worker.pid)
+        rss_now = [_rss_mb(p.pid) or 0.0 for p in procs]
+        members = group_members(admin, s.group_id)
     finally:
         stop_rss.set()
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
         producer.close()
         for alias in (s.es_docs_alias, s.es_alerts_alias):
             if es.indices.exists_alias(name=alias):
@@ -791,7 +857,6 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
                     es.options(ignore_status=404).indices.delete(index=index)
             es.options(ignore_status=404).indices.delete_index_template(name=alias)
         worker_log.close()
-        admin = KafkaAdminClient(**client_options(s))
         admin.delete_topics([s.topic_raw, s.topic_scored, s.topic_dlq])
         admin.close()
 
@@ -801,6 +866,10 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
     return {
         "documents": n,
         "warmup_documents": warm,
+        "workers": workers,
+        "partitions": partitions,
+        "group_at_end": {"state": members[0], "members_with_partitions": members[1]},
+        "engine_standalone_threads": reference.threads,
         "engine_standalone_docs_per_s": round(standalone, 1),
         "engine_standalone_passes_docs_per_s": reference.passes_docs_per_s(),
         "share_of_standalone": round(sustained / standalone, 3),
@@ -816,8 +885,9 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
         "p95_produce_to_searchable_s": round(pct(0.95), 3),
         "mean_produce_to_searchable_s": round(statistics.fmean(lat), 3) if lat else None,
         "worker_cpu_cores_sustained": round(cores, 2) if cores is not None else None,
-        "worker_rss_mb": round(rss_now or 0.0, 1),
-        "worker_rss_peak_mb": round(rss_peak, 1),
+        "worker_rss_mb": round(max(rss_now), 1),
+        "worker_rss_peak_mb": round(max(rss_peaks), 1),
+        "workers_rss_peak_total_mb": round(rss_total_peak, 1),
         "precision": settings.precision,
         "backend": settings.backend,
     }
@@ -833,11 +903,21 @@ def run_e2e_bench(settings: WorkerSettings, n: int, latency_seconds: float, warm
     help="Documents through the whole path before timing (-1: the N texts once, as the standalone reference is "
     "timed after a first pass; 0: none).",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes in the group, each with --torch-threads threads; the topic gets three partitions per "
+    "worker and the standalone reference the workers' threads together.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_settings(WorkerSettings)
-def bench_e2e(n: int, latency_seconds: float, warmup_docs: int, as_json: bool, settings: WorkerSettings) -> None:
-    """Produce -> worker -> searchable in ES against the configured Kafka and ES (fresh topics and alias)."""
-    result = run_e2e_bench(settings, n, latency_seconds, warmup_docs)
+def bench_e2e(  # noqa: PLR0917 - click passes options by keyword
+    n: int, latency_seconds: float, warmup_docs: int, workers: int, as_json: bool, settings: WorkerSettings
+) -> None:
+    """Produce -> worker(s) -> searchable in ES against the configured Kafka and ES (fresh topics and alias)."""
+    result = run_e2e_bench(settings, n, latency_seconds, warmup_docs, workers)
     if as_json:
         echo_json(result)
     else:
