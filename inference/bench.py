@@ -609,6 +609,79 @@ class _Standalone:
         return mean_rate(len(self.texts), self.seconds)
 
 
+def _reference_process(settings: EngineSettings, texts: list[str], threads: int, barrier: Any, conn: Any) -> None:
+    """One engine of a parallel reference: load and warm, then one timed pass per request, started together with
+    the other processes' at the barrier; the pass's seconds go back through ``conn``."""
+    reference = _Standalone(settings, texts, threads)
+    while conn.recv() == "pass":
+        barrier.wait()
+        reference.timed_pass()
+        conn.send(reference.seconds[-1])
+    reference.close()
+
+
+class _ParallelStandalone:
+    """The engine alone in as many processes as there are workers, each on the workers' thread count and the same
+    texts, passes started together: what the machine scores with the workers' layout and nothing else running.
+    A pass's rate is all the processes' documents over the slowest one's time. (One process on the threads of all
+    the workers together would measure a different layout; on a 2-core Xeon its bf16 passes ran no faster than one
+    thread's, while two processes did.)"""
+
+    def __init__(self, settings: EngineSettings, texts: list[str], threads: int, processes: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # torch and fork do not mix
+        self.threads = threads
+        self.processes = processes
+        self.n = len(texts) * processes
+        self.seconds: list[float] = []
+        # held for the processes' lifetime: a barrier collected here unlinks its semaphore before they attach to it
+        self._barrier = ctx.Barrier(processes)
+        self._conns = []
+        self._procs = []
+        for _ in range(processes):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=_reference_process, args=(settings, texts, threads, self._barrier, theirs), daemon=True
+            )
+            proc.start()
+            self._conns.append(ours)
+            self._procs.append(proc)
+
+    def timed_pass(self) -> None:
+        for conn in self._conns:
+            conn.send("pass")
+        took = []
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            # loading and warming come first: allow for a slow machine, but not for a dead process
+            try:
+                while not conn.poll(1.0):
+                    if not proc.is_alive():
+                        raise EOFError
+                took.append(float(conn.recv()))
+            except (EOFError, OSError) as exc:
+                proc.join(5)
+                raise click.ClickException(
+                    f"a reference engine process stopped (exit code {proc.exitcode}); its error is above"
+                ) from exc
+        self.seconds.append(max(took))
+
+    def close(self) -> None:
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            if proc.is_alive():
+                conn.send("close")
+        for proc in self._procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+
+    def passes_docs_per_s(self) -> list[float]:
+        return [round(self.n / t, 1) for t in self.seconds]
+
+    def docs_per_s(self) -> float:
+        return mean_rate(self.n, self.seconds)
+
+
 STALL_S = 300.0  # the end-to-end benchmark gives up when nothing new became searchable for this long
 
 
@@ -634,7 +707,7 @@ def run_e2e_bench(
 
     ``workers`` worker processes share the group (each with the configured torch threads), on a topic with three
     partitions per worker, and the timed phases start once every one holds its partitions. The standalone reference
-    then runs on as many threads as the workers together."""
+    then runs as many engine processes, each on a worker's threads, over the same texts at the same time."""
     if workers < 1:
         raise click.BadParameter(f"needs at least one worker, got {workers}", param_hint="--workers")
     from elasticsearch import ApiError
@@ -658,7 +731,11 @@ def run_e2e_bench(
     )
     seed = s.require_seed_data()
     texts = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", n)]
-    reference = _Standalone(s, texts, s.torch_threads * workers)
+    reference: _Standalone | _ParallelStandalone = (
+        _Standalone(s, texts, s.torch_threads)
+        if workers == 1
+        else _ParallelStandalone(s, texts, s.torch_threads, workers)
+    )
     reference.timed_pass()
     # three partitions per worker whatever the settings say: runs stay comparable, and the workers' shares equal
     partitions = 3 * workers
@@ -842,6 +919,7 @@ def run_e2e_bench(
         rss_now = [_rss_mb(p.pid) or 0.0 for p in procs]
         members = group_members(admin, s.group_id)
     finally:
+        reference.close()  # again after the sustained phase is harmless; on an error it stops the processes
         stop_rss.set()
         for p in procs:
             p.terminate()
@@ -869,6 +947,7 @@ def run_e2e_bench(
         "workers": workers,
         "partitions": partitions,
         "group_at_end": {"state": members[0], "members_with_partitions": members[1]},
+        "engine_standalone_processes": workers,
         "engine_standalone_threads": reference.threads,
         "engine_standalone_docs_per_s": round(standalone, 1),
         "engine_standalone_passes_docs_per_s": reference.passes_docs_per_s(),
@@ -909,7 +988,7 @@ def run_e2e_bench(
     show_default=True,
     type=click.IntRange(min=1),
     help="Worker processes in the group, each with --torch-threads threads; the topic gets three partitions per "
-    "worker and the standalone reference the workers' threads together.",
+    "worker, and the standalone reference runs as many engine processes at once.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_settings(WorkerSettings)
