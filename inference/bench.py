@@ -624,8 +624,8 @@ class _ParallelStandalone:
     """The engine alone in as many processes as there are workers, each on the workers' thread count and the same
     texts, passes started together: what the machine scores with the workers' layout and nothing else running.
     A pass's rate is all the processes' documents over the slowest one's time. (One process on the threads of all
-    the workers together would measure a different layout; on a 2-core Xeon its bf16 passes ran no faster than one
-    thread's, while two processes did.)"""
+    the workers together would be a different layout, which scales differently: the workers' share would measure
+    threads against processes, not the stream's cost.)"""
 
     def __init__(self, settings: EngineSettings, texts: list[str], threads: int, processes: int) -> None:
         import multiprocessing
