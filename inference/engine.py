@@ -114,7 +114,7 @@ class Engine:
         bundle: LoadedBundle,
         placement: Placement,
         *,
-        token_budget: int = 4096,
+        token_budget: int = 0,
         max_batch_docs: int = 128,
         sort_window: int = 1024,
         max_length: int | None = None,
@@ -130,7 +130,7 @@ class Engine:
         self.backend = backend
         self.int8_fp32_modules = tuple(int8_fp32_modules)
         self.placement = placement
-        self.token_budget = token_budget
+        self.token_budget = token_budget if token_budget > 0 else default_token_budget(placement.device)
         self.max_batch_docs = max_batch_docs
         self.sort_window = sort_window
         self.max_length = max_length or bundle.manifest.max_length
@@ -401,6 +401,20 @@ class Engine:
             pred = Prediction.model_construct(label=labels[ti[r][0]], score=score, probs=dist, margin=margin)
             out.append((pred, None if neg is None else min(1.0, max(0.0, all_p[r][neg]))))
         return out
+
+
+CPU_TOKEN_BUDGET = 1024
+GPU_TOKEN_BUDGET = 16384
+
+
+def default_token_budget(device: torch.device) -> int:
+    """Padded tokens per forward pass when the settings leave it to the engine (``token_budget`` 0).
+
+    CPU: 1,024. On a 2-core Xeon (bf16, one thread) micro-batches of 50 tweets, what a light stream brings, scored
+    1.6x the documents/s of the former 4,096: a small batch fills one pack, padded to its longest row, while
+    1,024 cuts it into a few packs of similar lengths. Batches of 1,000 were level (within the runs' spread).
+    GPU: 16,384, as a device needs large packs to stay busy (not measured: there is no GPU here)."""
+    return GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET
 
 
 def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | None = None) -> Engine:

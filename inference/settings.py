@@ -45,9 +45,11 @@ class EngineSettings(CommonSettings):
         "other processes on the machine; more than the physical cores only adds contention.",
     )
     token_budget: int = Field(
-        default=4096,
-        description="Max padded tokens (rows x longest row) in one forward pass. Larger batches amortise "
-        "overheads and fill a GPU better; smaller ones cut latency and memory.",
+        default=0,
+        ge=0,
+        description="Max padded tokens (rows x longest row) in one forward pass; 0 = auto: 1024 on a CPU, 16384 on "
+        "a GPU. On a CPU a small budget lets the small micro-batches of a light stream split into packs of similar "
+        "lengths (1.6x the documents/s of 4096 for batches of 50 tweets, bf16); a GPU needs large packs to stay busy.",
     )
     max_batch_docs: int = Field(
         default=128, description="Max documents in one forward pass, whatever their length (caps padding waste)."

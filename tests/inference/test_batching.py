@@ -110,3 +110,20 @@ def test_one_large_poll_becomes_several_micro_batches_within_the_caps() -> None:
     b.add(1, 1, now=7.0)
     b.add(2, 1, now=7.0)
     assert b.drain() == [1, 2] and len(b) == 0  # drain: everything, to drop it
+
+
+def _padded(packs: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(p) * max(lengths[i] for i in p) for p in packs)
+
+
+def test_a_light_streams_small_batch_pads_far_less_under_the_cpu_default_budget() -> None:
+    from inference.engine import CPU_TOKEN_BUDGET
+
+    # 50 tweets as a light stream brings them: 12-80 tokens, most short, one long one decides a single pack's width
+    rng = random.Random(7)
+    lengths = [rng.choice([12, 16, 20, 24, 28, 32, 36, 40]) for _ in range(49)] + [80]
+    one_pack = pack_by_budget(lengths, token_budget=4096, max_docs=128)
+    assert len(one_pack) == 1
+    split = pack_by_budget(lengths, token_budget=CPU_TOKEN_BUDGET, max_docs=128)
+    assert len(split) > 1
+    assert _padded(split, lengths) < 0.6 * _padded(one_pack, lengths)

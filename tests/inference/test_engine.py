@@ -205,3 +205,16 @@ def test_a_head_calibrated_per_source_is_served_with_each_documents_temperature(
         assert doc.sentiment.probs is not None
         assert [doc.sentiment.probs[label] for label in labels] == pytest.approx(row, abs=1e-4)
         assert doc.risk_score == pytest.approx(row[labels.index("negative")], abs=1e-4)
+
+
+def test_the_token_budget_defaults_by_device_and_an_explicit_one_is_kept(bundle_v1: tuple[Path, str]) -> None:
+    from inference.engine import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, build_engine, default_token_budget
+    from inference.settings import EngineSettings
+
+    settings = EngineSettings(bundle=bundle_v1[0], torch_threads=1, precision="fp32")
+    assert settings.token_budget == 0  # auto unless configured
+    assert build_engine(load_bundle(bundle_v1[0]), settings).token_budget == CPU_TOKEN_BUDGET == 1024
+    explicit = settings.model_copy(update={"token_budget": 4096})
+    assert build_engine(load_bundle(bundle_v1[0]), explicit).token_budget == 4096
+    # the GPU branch needs no GPU to be chosen
+    assert default_token_budget(torch.device("cuda")) == GPU_TOKEN_BUDGET > CPU_TOKEN_BUDGET
