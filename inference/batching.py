@@ -22,16 +22,28 @@ T = TypeVar("T")
 
 
 def pack_by_budget(
-    lengths: Sequence[int], token_budget: int, max_docs: int, sort_window: int | None = None
+    lengths: Sequence[int],
+    token_budget: int,
+    max_docs: int,
+    *,
+    sort_window: int | None = None,
+    max_spread: float | None = None,
+    min_pack_tokens: int = 256,
 ) -> list[list[int]]:
     """Group indices of ``lengths`` into packs whose padded size (``len(pack) * max length``) fits the budget.
 
     Indices are sorted by length within consecutive windows of ``sort_window`` items (all at once when None), then
-    packed greedily in that order. A single document longer than the budget forms a pack of its own (it is
-    truncated upstream, never dropped). Returns packs of indices into ``lengths``; each index appears exactly once.
+    packed greedily in that order. With ``max_spread``, a pack that already holds ``min_pack_tokens`` real tokens
+    also closes before a document longer than ``max_spread`` times its shortest: a few dozen documents of mixed
+    lengths then travel in packs of similar lengths instead of one pack padded to the longest, while a large,
+    already well-sorted window still fills whole budgets (fewer, larger forward passes). A single document longer
+    than the budget forms a pack of its own (it is truncated upstream, never dropped). Returns packs of indices into
+    ``lengths``; each index appears exactly once.
     """
     if token_budget <= 0 or max_docs <= 0:
         raise ValueError("token_budget and max_docs must be positive")
+    if max_spread is not None and max_spread < 1.0:
+        raise ValueError("max_spread must be at least 1")
     n = len(lengths)
     window = n if not sort_window or sort_window <= 0 else sort_window
     packs: list[list[int]] = []
@@ -39,13 +51,19 @@ def pack_by_budget(
         order = sorted(range(start, min(start + window, n)), key=lambda i: lengths[i])
         current: list[int] = []
         longest = 0
+        shortest = 0
+        real = 0
         for i in order:
             length = max(int(lengths[i]), 1)
             new_longest = max(longest, length)
-            if current and (len(current) >= max_docs or (len(current) + 1) * new_longest > token_budget):
+            spread_out = max_spread is not None and real >= min_pack_tokens and new_longest > max_spread * shortest
+            if current and (len(current) >= max_docs or (len(current) + 1) * new_longest > token_budget or spread_out):
                 packs.append(current)
-                current, new_longest = [], length
+                current, new_longest, real = [], length, 0
+            if not current:
+                shortest = length
             current.append(i)
+            real += length
             longest = new_longest
         if current:
             packs.append(current)

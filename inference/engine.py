@@ -7,7 +7,9 @@ How it is fast:
   thread only runs forward passes. The bound keeps memory flat when the model is the bottleneck.
 - **Dynamic padding and length bucketing.** Each window of ``sort_window`` documents is sorted by token length and
   packed by token budget (:func:`inference.batching.pack_by_budget`), so a pack pads to its own longest row and
-  rows of similar length travel together. Results come back in input order.
+  rows of similar length travel together. ``pack_spread`` also closes a pack before a row longer than that many
+  times its shortest (once it holds 256 tokens): the few dozen documents of a light stream's micro-batch then go in
+  a few packs of similar lengths instead of one padded to the longest. Results come back in input order.
 - **Precision per device.** GPU: weights cast to bf16 (fp16 where bf16 is unsupported), pinned host tensors copied
   with ``non_blocking=True`` so the copy of pack n+1 overlaps the compute of pack n. CPU: ``auto`` is bf16 where the
   CPU multiplies bf16 natively (AMX, AVX512-BF16), else fp32; ``bf16`` casts the encoder's weights once (as on a GPU:
@@ -114,7 +116,8 @@ class Engine:
         bundle: LoadedBundle,
         placement: Placement,
         *,
-        token_budget: int = 0,
+        token_budget: int = 4096,
+        pack_spread: float | None = None,
         max_batch_docs: int = 128,
         sort_window: int = 1024,
         max_length: int | None = None,
@@ -130,7 +133,8 @@ class Engine:
         self.backend = backend
         self.int8_fp32_modules = tuple(int8_fp32_modules)
         self.placement = placement
-        self.token_budget = token_budget if token_budget > 0 else default_token_budget(placement.device)
+        self.token_budget = token_budget
+        self.pack_spread = pack_spread
         self.max_batch_docs = max_batch_docs
         self.sort_window = sort_window
         self.max_length = max_length or bundle.manifest.max_length
@@ -265,7 +269,7 @@ class Engine:
         for start in range(0, len(texts), window):
             chunk_ids = self.tokenize(texts[start : start + window])
             lengths = [len(x) for x in chunk_ids]
-            for pack in pack_by_budget(lengths, self.token_budget, self.max_batch_docs):
+            for pack in pack_by_budget(lengths, self.token_budget, self.max_batch_docs, max_spread=self.pack_spread):
                 yield self._make_pack([start + i for i in pack], [chunk_ids[i] for i in pack])
 
     def _packs_threaded(self, texts: Sequence[str]) -> Iterator[_Pack]:
@@ -403,20 +407,6 @@ class Engine:
         return out
 
 
-CPU_TOKEN_BUDGET = 1024
-GPU_TOKEN_BUDGET = 16384
-
-
-def default_token_budget(device: torch.device) -> int:
-    """Padded tokens per forward pass when the settings leave it to the engine (``token_budget`` 0).
-
-    CPU: 1,024. On a 2-core Xeon (bf16, one thread) micro-batches of 50 tweets, what a light stream brings, scored
-    1.6x the documents/s of the former 4,096: a small batch fills one pack, padded to its longest row, while
-    1,024 cuts it into a few packs of similar lengths. Batches of 1,000 were level (within the runs' spread).
-    GPU: 16,384, as a device needs large packs to stay busy (not measured: there is no GPU here)."""
-    return GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET
-
-
 def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | None = None) -> Engine:
     """An engine configured from :class:`inference.settings.EngineSettings`."""
     from inference.device import place
@@ -428,6 +418,7 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         bundle,
         placement,
         token_budget=settings.token_budget,
+        pack_spread=settings.pack_spread or None,
         max_batch_docs=settings.max_batch_docs,
         sort_window=settings.sort_window,
         max_length=settings.max_length,

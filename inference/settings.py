@@ -45,11 +45,21 @@ class EngineSettings(CommonSettings):
         "other processes on the machine; more than the physical cores only adds contention.",
     )
     token_budget: int = Field(
-        default=0,
-        ge=0,
-        description="Max padded tokens (rows x longest row) in one forward pass; 0 = auto: 1024 on a CPU, 16384 on "
-        "a GPU. On a CPU a small budget lets the small micro-batches of a light stream split into packs of similar "
-        "lengths (1.6x the documents/s of 4096 for batches of 50 tweets, bf16); a GPU needs large packs to stay busy.",
+        default=4096,
+        gt=0,
+        description="Max padded tokens (rows x longest row) in one forward pass. Larger batches amortise "
+        "overheads and fill a GPU better; smaller ones cut latency and memory.",
+    )
+    pack_spread: float = Field(
+        default=1.5,
+        ge=0.0,
+        description="Length bucketing within a forward pass: a pack that already holds 256 real tokens closes "
+        "before a document longer than this many times its shortest (0 = off: packs fill the token budget). The "
+        "few dozen documents of a light stream's micro-batch then go in packs of similar lengths instead of one "
+        "padded to the longest: on a 2-core CPU (bf16) batches of 50 tweets scored 1.4x the documents/s, and "
+        "end to end p95 latency at half rate fell from 2.1-2.8 s to 1.3-1.8 s. A backlog's large sorted windows "
+        "still fill the budget. On a GPU, where padding costs less than another forward pass, 0 may do better "
+        "(not measured).",
     )
     max_batch_docs: int = Field(
         default=128, description="Max documents in one forward pass, whatever their length (caps padding waste)."

@@ -116,14 +116,32 @@ def _padded(packs: list[list[int]], lengths: list[int]) -> int:
     return sum(len(p) * max(lengths[i] for i in p) for p in packs)
 
 
-def test_a_light_streams_small_batch_pads_far_less_under_the_cpu_default_budget() -> None:
-    from inference.engine import CPU_TOKEN_BUDGET
-
-    # 50 tweets as a light stream brings them: 12-80 tokens, most short, one long one decides a single pack's width
+def _light_stream_batch() -> list[int]:
+    # 50 tweets as a light stream brings them: mostly 12-40 tokens, one long one that sets a single pack's width
     rng = random.Random(7)
-    lengths = [rng.choice([12, 16, 20, 24, 28, 32, 36, 40]) for _ in range(49)] + [80]
+    return [rng.choice([12, 16, 20, 24, 28, 32, 36, 40]) for _ in range(49)] + [80]
+
+
+def test_the_spread_rule_splits_a_small_mixed_batch_into_packs_of_similar_lengths() -> None:
+    lengths = _light_stream_batch()
     one_pack = pack_by_budget(lengths, token_budget=4096, max_docs=128)
     assert len(one_pack) == 1
-    split = pack_by_budget(lengths, token_budget=CPU_TOKEN_BUDGET, max_docs=128)
+    split = pack_by_budget(lengths, token_budget=4096, max_docs=128, max_spread=1.5)
+    assert sorted(i for p in split for i in p) == list(range(len(lengths)))
     assert len(split) > 1
     assert _padded(split, lengths) < 0.6 * _padded(one_pack, lengths)
+
+
+def test_the_spread_rule_keeps_a_large_sorted_window_in_full_budgets() -> None:
+    # a backlog's window sorts into long runs of equal lengths: the budget, not the spread, closes its packs
+    rng = random.Random(3)
+    lengths = [rng.randint(12, 60) for _ in range(1000)]
+    plain = pack_by_budget(lengths, token_budget=4096, max_docs=128)
+    spread = pack_by_budget(lengths, token_budget=4096, max_docs=128, max_spread=1.5)
+    assert sorted(i for p in spread for i in p) == list(range(1000))
+    assert len(spread) <= len(plain) + 3
+
+
+def test_a_pack_spread_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_spread"):
+        pack_by_budget([10, 20], token_budget=100, max_docs=8, max_spread=0.5)

@@ -207,14 +207,22 @@ def test_a_head_calibrated_per_source_is_served_with_each_documents_temperature(
         assert doc.risk_score == pytest.approx(row[labels.index("negative")], abs=1e-4)
 
 
-def test_the_token_budget_defaults_by_device_and_an_explicit_one_is_kept(bundle_v1: tuple[Path, str]) -> None:
-    from inference.engine import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET, build_engine, default_token_budget
+def test_the_engine_splits_a_light_streams_batch_by_length_unless_told_not_to(bundle_v1: tuple[Path, str]) -> None:
+    from inference.engine import build_engine
     from inference.settings import EngineSettings
 
     settings = EngineSettings(bundle=bundle_v1[0], torch_threads=1, precision="fp32")
-    assert settings.token_budget == 0  # auto unless configured
-    assert build_engine(load_bundle(bundle_v1[0]), settings).token_budget == CPU_TOKEN_BUDGET == 1024
-    explicit = settings.model_copy(update={"token_budget": 4096})
-    assert build_engine(load_bundle(bundle_v1[0]), explicit).token_budget == 4096
-    # the GPU branch needs no GPU to be chosen
-    assert default_token_budget(torch.device("cuda")) == GPU_TOKEN_BUDGET > CPU_TOKEN_BUDGET
+    assert settings.pack_spread == 1.5  # on unless configured
+    # 48 short texts and two long ones: one pack of 50 would pad every row to the longest
+    texts = ["rates steady"] * 24 + ["Fed holds rates steady as inflation cools"] * 24 + [TEXTS[4] * 3] * 2
+    spread = build_engine(load_bundle(bundle_v1[0]), settings)
+    plain = build_engine(load_bundle(bundle_v1[0]), settings.model_copy(update={"pack_spread": 0.0}))
+    packs_spread = list(spread._packs(texts))
+    packs_plain = list(plain._packs(texts))
+    assert len(packs_plain) == 1 < len(packs_spread)
+    padded = [sum(p.input_ids.numel() for p in packs) for packs in (packs_spread, packs_plain)]
+    assert padded[0] < 0.5 * padded[1]
+    # the same answers either way, in input order
+    a = spread.score(texts, ["news"] * len(texts))
+    b = plain.score(texts, ["news"] * len(texts))
+    assert [x.topic.label for x in a] == [x.topic.label for x in b]
