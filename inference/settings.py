@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from riskstream.settings import CommonSettings
 
@@ -116,6 +116,13 @@ class EngineSettings(CommonSettings):
         default=None,
         description="Serve this bundle directory instead of the registry's champion (no hot swap then).",
     )
+
+    @field_validator("pack_spread")
+    @classmethod
+    def _spread_off_or_at_least_one(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(f"pack_spread is 0 (off) or at least 1 (longest row over shortest), got {value}")
+        return value
 
     @property
     def onnx_cache_dir(self) -> Path:

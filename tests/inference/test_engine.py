@@ -226,3 +226,13 @@ def test_the_engine_splits_a_light_streams_batch_by_length_unless_told_not_to(bu
     a = spread.score(texts, ["news"] * len(texts))
     b = plain.score(texts, ["news"] * len(texts))
     assert [x.topic.label for x in a] == [x.topic.label for x in b]
+
+
+def test_a_pack_spread_between_zero_and_one_is_refused_at_start_up() -> None:
+    from pydantic import ValidationError
+
+    from inference.settings import EngineSettings
+
+    with pytest.raises(ValidationError, match="pack_spread is 0"):
+        EngineSettings(pack_spread=0.5)
+    assert EngineSettings(pack_spread=0).pack_spread == 0
