@@ -578,8 +578,8 @@ class _Standalone:
     """The engine alone, same settings as the worker, in the benchmark's process: the reference for the end-to-end
     share. One untimed pass over the texts first (it builds oneDNN's kernels for each batch shape, as the worker's
     warm-up does); then timed passes before the worker starts and again after the sustained phase (the worker
-    idle), so the reference sees the machine at both ends of the phase it is compared with. ``threads`` is the
-    torch threads of all the workers together: with several workers the reference gets the same cores."""
+    idle), so the reference sees the machine at both ends of the phase it is compared with. It runs on ``threads``
+    torch threads, a worker's (several workers: one of these per process, see :class:`_ParallelStandalone`)."""
 
     def __init__(self, settings: EngineSettings, texts: list[str], threads: int) -> None:
         import torch
@@ -626,7 +626,8 @@ class _ParallelStandalone:
     texts, passes started together: what the machine scores with the workers' layout and nothing else running.
     A pass's rate is all the processes' documents over the slowest one's time. (One process on the threads of all
     the workers together would be a different layout, which scales differently: the workers' share would measure
-    threads against processes, not the stream's cost.)"""
+    threads against processes, not the stream's cost.) Between passes the processes idle, holding their models,
+    so the benchmark needs their memory beside the workers'."""
 
     def __init__(self, settings: EngineSettings, texts: list[str], threads: int, processes: int) -> None:
         import multiprocessing
@@ -777,6 +778,7 @@ def run_e2e_bench(
                 return 0
             raise
 
+    admin = KafkaAdminClient(**client_options(s))  # before the workers start: nothing to stop if it fails
     worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(workers):
@@ -812,7 +814,6 @@ def run_e2e_bench(
         return None if any(x is None for x in seconds) else sum(x for x in seconds if x is not None)
 
     threading.Thread(target=watch_rss, daemon=True).start()
-    admin = KafkaAdminClient(**client_options(s))
     try:
         send("warmup", "warm up the worker")
         producer.flush()
