@@ -270,7 +270,7 @@ def run_inference_bench(
             b,
             Placement(torch.device("cpu"), precision),
             token_budget=settings.token_budget,
-            pack_spread=settings.pack_spread or None,
+            pack_spread=settings.pack_spread,
             max_batch_docs=settings.max_batch_docs,
             sort_window=settings.sort_window,
             int8_fp32_modules=settings.int8_fp32_modules,

@@ -117,7 +117,7 @@ class Engine:
         placement: Placement,
         *,
         token_budget: int = 4096,
-        pack_spread: float | None = None,
+        pack_spread: float = 0.0,
         max_batch_docs: int = 128,
         sort_window: int = 1024,
         max_length: int | None = None,
@@ -269,7 +269,8 @@ class Engine:
         for start in range(0, len(texts), window):
             chunk_ids = self.tokenize(texts[start : start + window])
             lengths = [len(x) for x in chunk_ids]
-            for pack in pack_by_budget(lengths, self.token_budget, self.max_batch_docs, max_spread=self.pack_spread):
+            spread = self.pack_spread or None  # 0 = off
+            for pack in pack_by_budget(lengths, self.token_budget, self.max_batch_docs, max_spread=spread):
                 yield self._make_pack([start + i for i in pack], [chunk_ids[i] for i in pack])
 
     def _packs_threaded(self, texts: Sequence[str]) -> Iterator[_Pack]:
@@ -418,7 +419,7 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         bundle,
         placement,
         token_budget=settings.token_budget,
-        pack_spread=settings.pack_spread or None,
+        pack_spread=settings.pack_spread,
         max_batch_docs=settings.max_batch_docs,
         sort_window=settings.sort_window,
         max_length=settings.max_length,

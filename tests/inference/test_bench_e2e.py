@@ -43,7 +43,6 @@ def test_two_workers_share_the_benchmark_and_leave_nothing_behind(
     # a loaded model and torch in each process; the total counts both
     assert result["worker_rss_peak_mb"] > 100
     assert result["workers_rss_peak_total_mb"] > 1.5 * result["worker_rss_peak_mb"]
-    assert result["worker_cpu_cores_sustained"] is None or result["worker_cpu_cores_sustained"] > 0
 
     # topic deletion completes asynchronously on the broker
     wait_until(
