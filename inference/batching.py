@@ -56,7 +56,13 @@ def pack_by_budget(
         for i in order:
             length = max(int(lengths[i]), 1)
             new_longest = max(longest, length)
-            spread_out = max_spread is not None and real >= min_pack_tokens and new_longest > max_spread * shortest
+            # only a row that would widen the pack counts: rows as long as its longest cost no padding
+            spread_out = (
+                max_spread is not None
+                and real >= min_pack_tokens
+                and length > longest
+                and new_longest > max_spread * shortest
+            )
             if current and (len(current) >= max_docs or (len(current) + 1) * new_longest > token_budget or spread_out):
                 packs.append(current)
                 current, new_longest, real = [], length, 0

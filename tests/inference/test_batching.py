@@ -142,6 +142,14 @@ def test_the_spread_rule_keeps_a_large_sorted_window_in_full_budgets() -> None:
     assert len(spread) <= len(plain) + 3
 
 
+def test_the_spread_rule_does_not_split_off_packs_too_small_to_pay_for_a_forward_pass() -> None:
+    # ten 5-token texts hold 50 tokens: too few for a pass of their own, so they ride with the longer ones
+    lengths = [5] * 10 + [50] * 10
+    assert len(pack_by_budget(lengths, token_budget=4096, max_docs=128, max_spread=1.5)) == 1
+    # with room for it, the same rule splits them
+    assert len(pack_by_budget(lengths, token_budget=4096, max_docs=128, max_spread=1.5, min_pack_tokens=40)) == 2
+
+
 def test_a_pack_spread_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_spread"):
         pack_by_budget([10, 20], token_budget=100, max_docs=8, max_spread=0.5)
