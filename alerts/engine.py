@@ -22,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -688,12 +691,54 @@ def run(settings: AlertSettings) -> None:
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.alerts_metrics_port)
     install_templates(engine)
     app = build_app(settings, engine, partitions)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker = BoundedStopWorker(app, stop_timeout=settings.alerts_stop_timeout, loglevel=settings.log_level.lower())
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        if isinstance(worker.crash_reason, StreamStalledError) or isinstance(app.crash_reason, StreamStalledError):
+        if stalled(worker, app):
             raise SystemExit(EXIT_STALLED) from exc
         raise
     finally:
         engine.close()
+
+
+def stalled(*services: mode.ServiceT) -> bool:
+    return any(isinstance(s.crash_reason, StreamStalledError) for s in services)
+
+
+class BoundedStopWorker(faust.Worker):
+    """A faust worker whose shutdown cannot outlast ``stop_timeout`` seconds.
+
+    faust stops its consumer by waiting for every record in flight to be acknowledged, committing as it goes. Once
+    in a while that wait hangs after an agent crashed (the crashed record is never acknowledged, and a commit
+    racing the consumer's leaving the group never returns): the process would then stay up for good with nothing
+    consuming, and no supervisor would restart it. When the time is up, the process exits as a finished stop
+    would have: 75 after a stall, 1 otherwise (a crash, or a stop that could not drain). Offsets of records not
+    yet counted were never committed, so the next engine is redelivered them.
+    """
+
+    def __init__(self, app: faust.App, *, stop_timeout: float, loglevel: str) -> None:
+        super().__init__(app, loglevel=loglevel, quiet=True)
+        self.stop_timeout = stop_timeout
+        self._stop_deadline: threading.Timer | None = None
+
+    async def on_stop(self) -> None:
+        if self._stop_deadline is None:
+            self._stop_deadline = threading.Timer(self.stop_timeout, self._exit_now)
+            self._stop_deadline.daemon = True
+            self._stop_deadline.start()
+        await super().on_stop()
+
+    def _exit_now(self) -> None:
+        code = EXIT_STALLED if stalled(self, self.app) else 1
+        log.error(
+            "the engine did not stop within %.0fs (faust's shutdown hangs); exiting with code %d. Records not "
+            "counted yet were not committed: the next engine is redelivered them.",
+            self.stop_timeout,
+            code,
+        )
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(code)

@@ -66,6 +66,14 @@ class AlertSettings(CommonSettings):
         "counted (retrying an Elasticsearch outage, say) is progress, not a stall. Lower recovers sooner; 0 turns "
         "the watch off.",
     )
+    alerts_stop_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds the engine's shutdown (after a signal, a crashed agent or a stall) may take before the "
+        "process exits anyway, with code 1 (75 after a stall): faust can hang while stopping, waiting on an "
+        "in-flight record whose agent crashed. Nothing is lost by the forced exit: offsets of records not yet "
+        "counted are not committed, and the offset ledger skips those already counted.",
+    )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC-SHA256 key that signs webhook bodies (receivers verify with the same key). "
