@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -699,7 +699,13 @@ def group_members(admin: Any, group_id: str) -> tuple[str, int]:
 
 
 def run_e2e_bench(
-    settings: WorkerSettings, n: int, latency_seconds: float, warmup_docs: int = -1, workers: int = 1
+    settings: WorkerSettings,
+    n: int,
+    latency_seconds: float,
+    warmup_docs: int = -1,
+    workers: int = 1,
+    *,
+    worker_log_path: Path | None = None,
 ) -> dict[str, Any]:
     """Sustained rate and latency from produce to searchable, against the configured Kafka and Elasticsearch.
 
@@ -709,7 +715,10 @@ def run_e2e_bench(
 
     ``workers`` worker processes share the group (each with the configured torch threads), on a topic with three
     partitions per worker, and the timed phases start once every one holds its partitions. The standalone reference
-    then runs as many engine processes, each on a worker's threads, over the same texts at the same time."""
+    then runs as many engine processes, each on a worker's threads, over the same texts at the same time.
+
+    The workers' output goes to ``worker_log_path`` (kept), or else to a temporary file that is removed when the run
+    succeeds and kept, and named in the error, when it fails."""
     if workers < 1:
         raise click.BadParameter(f"needs at least one worker, got {workers}", param_hint="--workers")
     from elasticsearch import ApiError
@@ -779,7 +788,12 @@ def run_e2e_bench(
             raise
 
     admin = KafkaAdminClient(**client_options(s))  # before the workers start: nothing to stop if it fails
-    worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
+    worker_log: IO[bytes]
+    if worker_log_path is not None:
+        worker_log = worker_log_path.open("wb")
+    else:
+        worker_log = tempfile.NamedTemporaryFile(prefix="riskstream-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115
+    succeeded = False
     procs: list[subprocess.Popen[bytes]] = []
     for i in range(workers):
         env = dict(os.environ, HF_HUB_OFFLINE="1", **s.to_env())
@@ -920,6 +934,7 @@ def run_e2e_bench(
         lat = sorted(seen[k] - produced[k] for k in produced if k in seen)
         rss_now = [_rss_mb(p.pid) or 0.0 for p in procs]
         members = group_members(admin, s.group_id)
+        succeeded = True
     finally:
         reference.close()  # again after the sustained phase is harmless; on an error it stops the processes
         stop_rss.set()
@@ -937,6 +952,8 @@ def run_e2e_bench(
                     es.options(ignore_status=404).indices.delete(index=index)
             es.options(ignore_status=404).indices.delete_index_template(name=alias)
         worker_log.close()
+        if succeeded and worker_log_path is None:
+            Path(worker_log.name).unlink(missing_ok=True)
         admin.delete_topics([s.topic_raw, s.topic_scored, s.topic_dlq])
         admin.close()
 
@@ -992,13 +1009,26 @@ def run_e2e_bench(
     help="Worker processes in the group, each with --torch-threads threads; the topic gets three partitions per "
     "worker, and the standalone reference runs as many engine processes at once.",
 )
+@click.option(
+    "--worker-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the workers' output in this file (with --log-level DEBUG it has one line per micro-batch). "
+    "Without it the output goes to a temporary file, removed when the run succeeds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @with_settings(WorkerSettings)
 def bench_e2e(  # noqa: PLR0917 - click passes options by keyword
-    n: int, latency_seconds: float, warmup_docs: int, workers: int, as_json: bool, settings: WorkerSettings
+    n: int,
+    latency_seconds: float,
+    warmup_docs: int,
+    workers: int,
+    worker_log: Path | None,
+    as_json: bool,
+    settings: WorkerSettings,
 ) -> None:
     """Produce -> worker(s) -> searchable in ES against the configured Kafka and ES (fresh topics and alias)."""
-    result = run_e2e_bench(settings, n, latency_seconds, warmup_docs, workers)
+    result = run_e2e_bench(settings, n, latency_seconds, warmup_docs, workers, worker_log_path=worker_log)
     if as_json:
         echo_json(result)
     else:

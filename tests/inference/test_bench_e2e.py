@@ -4,6 +4,7 @@ run is left behind."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ def test_two_workers_share_the_benchmark_and_leave_nothing_behind(
     ws = WorkerSettings(**data, bundle=bundle_v1[0], torch_threads=1, max_wait_ms=100, precision="fp32")
     admin = KafkaAdminClient(bootstrap_servers=ws.kafka_bootstrap.split(","))
     topics_before = set(admin.list_topics())
+    worker_logs = Path(tempfile.gettempdir()).glob("riskstream-bench-worker-*.log")
+    logs_before = set(worker_logs)
 
     result = run_e2e_bench(ws, n=60, latency_seconds=2.0, workers=2)
 
@@ -51,5 +54,7 @@ def test_two_workers_share_the_benchmark_and_leave_nothing_behind(
         "the benchmark's topics to be deleted",
     )
     admin.close()
+    # the workers' output is kept only when the run fails (or --worker-log names a file)
+    assert set(Path(tempfile.gettempdir()).glob("riskstream-bench-worker-*.log")) == logs_before
     es = make_client(ws)
     assert not es.indices.get_alias(name="bench-docs-*", ignore_unavailable=True, allow_no_indices=True)
