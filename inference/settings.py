@@ -154,6 +154,16 @@ class WorkerSettings(EngineSettings):
         default=2048, description="Max messages in one micro-batch (one ES bulk request, one commit)."
     )
     poll_max_records: int = Field(default=500, description="max_poll_records of the Kafka consumer.")
+    top_up_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="How long a micro-batch about to close by age waits in one poll for records the broker already "
+        "holds. Right after a busy batch the client's buffer often holds a single record (the fetch answered as "
+        "soon as one arrived) while the rest still sit in the broker: with 0 that record is scored alone (20-25% "
+        "of a light stream's batches on 2 loaded cores; 3-14% with 20). A batch that finds nothing more closes "
+        "this much later; a backlog's polls return at once.",
+    )
     pipeline_depth: int = Field(
         default=1,
         ge=0,

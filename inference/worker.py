@@ -340,9 +340,15 @@ class Worker:
         Under a backlog every record is older than ``max_wait_ms``, so without this each poll (at most
         ``poll_max_records``) would become a batch of its own. Batches of 300 tweets scored 15-30% fewer documents
         per second than batches of 1,000 (uneven forward passes at their ends, less to sort by length), so a backlog
-        is cleared faster in full batches. At light load the extra poll returns nothing."""
+        is cleared faster in full batches. At light load the extra poll returns nothing.
+
+        The first poll may wait ``top_up_wait_ms``: after a busy batch the client often holds one record, fetched
+        alone, while the others that arrived meanwhile wait in the broker until the next fetch, which only a poll
+        sends. A poll that does not wait would close the batch on that one record."""
+        wait_ms = self.settings.top_up_wait_ms
         while True:
-            more = self._poll(0)
+            more = self._poll(wait_ms)
+            wait_ms = 0
             now = time.monotonic()
             if not any(more.values()):
                 return now

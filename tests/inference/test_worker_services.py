@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -428,3 +429,71 @@ def test_a_leader_whose_topic_gains_partitions_gets_them_despite_short_polls(wor
     finally:
         consumer.close(autocommit=False)
         admin.close()
+
+
+class HeldEngine:
+    """The test's engine, held inside its first ``score`` call until released; records every batch's size."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self._release = threading.Event()
+
+    def score(self, texts: Any, channels: Any, progress: Any = None) -> Any:
+        self.sizes.append(len(texts))
+        self.entered.set()
+        assert self._release.wait(60), "the test never released the engine"
+        return self._engine.score(texts, channels, progress)
+
+    def release(self) -> None:
+        self._release.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+@pytest.mark.parametrize(("top_up_wait_ms", "batches"), [(0, [1, 1, 2]), (1000, [1, 3])], ids=["no-wait", "wait"])
+def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_just_after_it(
+    worker_settings: WorkerSettings,
+    engine_v1: Engine,
+    start_worker: Callable[..., Running],
+    top_up_wait_ms: int,
+    batches: list[int],
+) -> None:
+    """A record that arrived while the model was busy is due at once (it waited longer than max_wait_ms). In a
+    light stream the next records are a few ms behind it, in the broker or on the way: the top-up poll that waits
+    ``top_up_wait_ms`` takes them into its batch, where a poll that does not wait closed a batch of one (every other
+    batch of a light stream, on two loaded cores). The control (no wait) shows the scenario is the real one; the
+    records behind come 0.4 s after the engine is released, well inside the wait."""
+    from kafka import KafkaProducer
+
+    settings = worker_settings.model_copy(update={"top_up_wait_ms": top_up_wait_ms, "max_wait_ms": 50})
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all")
+
+    def send(docs: list[tuple[str | None, bytes]]) -> None:
+        for key, value in docs:
+            producer.send(settings.topic_raw, key=key.encode() if key else None, value=value)
+        producer.flush(30)
+
+    held = HeldEngine(engine_v1)
+    run = start_worker(settings, engine=held)
+    try:
+        # settled in the group first: a rebalance after the first batch would drop it and score it again
+        wait_until(
+            lambda: run.worker.consumer is not None and len(run.worker.consumer.assignment()) == 3, 120, "3 partitions"
+        )
+        time.sleep(1.0)
+        send(good_docs("first", 1))
+        assert held.entered.wait(120), "the worker never scored the first document"
+        send(good_docs("alone", 1))  # arrives while the model is busy
+        time.sleep(0.5)
+        held.release()
+        time.sleep(0.4)
+        send(good_docs("behind", 2))
+    finally:
+        held.release()
+        producer.close()
+    wait_until(lambda: es_count(worker_settings) >= 4, 60, "4 documents")
+    run.stop()
+    assert held.sizes == batches
