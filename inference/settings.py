@@ -162,7 +162,7 @@ class WorkerSettings(EngineSettings):
         "holds. Right after a busy batch the client's buffer often holds a single record (the fetch answered as "
         "soon as one arrived) while the rest still sit in the broker: with 0 that record is scored alone (20-25% "
         "of a light stream's batches on 2 loaded cores; 3-14% with 20). A batch that finds nothing more closes "
-        "this much later; a backlog's polls return at once.",
+        "this much later; a backlog's polls return at once. Capped at max_wait_ms.",
     )
     pipeline_depth: int = Field(
         default=1,

@@ -453,22 +453,27 @@ class HeldEngine:
         return getattr(self._engine, name)
 
 
-@pytest.mark.parametrize(("top_up_wait_ms", "batches"), [(0, [1, 1, 2]), (1000, [1, 3])], ids=["no-wait", "wait"])
+@pytest.mark.parametrize(
+    ("top_up_wait_ms", "max_wait_ms", "batches"),
+    [(0, 1000, [1, 1, 2]), (1000, 1000, [1, 3]), (1000, 100, [1, 1, 2])],
+    ids=["no-wait", "wait", "wait-capped-by-max-wait"],
+)
 def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_just_after_it(
     worker_settings: WorkerSettings,
     engine_v1: Engine,
     start_worker: Callable[..., Running],
     top_up_wait_ms: int,
+    max_wait_ms: int,
     batches: list[int],
 ) -> None:
     """A record that arrived while the model was busy is due at once (it waited longer than max_wait_ms). In a
     light stream the next records are a few ms behind it, in the broker or on the way: the top-up poll that waits
     ``top_up_wait_ms`` takes them into its batch, where a poll that does not wait closed a batch of one (every other
     batch of a light stream, on two loaded cores). The control (no wait) shows the scenario is the real one; the
-    records behind come 0.4 s after the engine is released, well inside the wait."""
+    records behind come 0.3 s after the engine is released, well inside the wait, unless max_wait_ms caps it."""
     from kafka import KafkaProducer
 
-    settings = worker_settings.model_copy(update={"top_up_wait_ms": top_up_wait_ms, "max_wait_ms": 50})
+    settings = worker_settings.model_copy(update={"top_up_wait_ms": top_up_wait_ms, "max_wait_ms": max_wait_ms})
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all")
 
     def send(docs: list[tuple[str | None, bytes]]) -> None:
@@ -486,10 +491,10 @@ def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_ju
         time.sleep(1.0)
         send(good_docs("first", 1))
         assert held.entered.wait(120), "the worker never scored the first document"
-        send(good_docs("alone", 1))  # arrives while the model is busy
-        time.sleep(0.5)
+        send(good_docs("alone", 1))  # arrives while the model is busy, and waits longer than max_wait_ms
+        time.sleep(1.5)
         held.release()
-        time.sleep(0.4)
+        time.sleep(0.3)
         send(good_docs("behind", 2))
     finally:
         held.release()
