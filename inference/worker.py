@@ -345,7 +345,7 @@ class Worker:
         The first poll may wait ``top_up_wait_ms``: after a busy batch the client often holds one record, fetched
         alone, while the others that arrived meanwhile wait in the broker until the next fetch, which only a poll
         sends. A poll that does not wait would close the batch on that one record. The wait is capped at
-        ``max_wait_ms``, so a batch never closes more than twice that after its oldest record arrived."""
+        ``max_wait_ms``: the top-up adds at most that to a batch's wait."""
         wait_ms = min(self.settings.top_up_wait_ms, self.settings.max_wait_ms)
         while True:
             more = self._poll(wait_ms)

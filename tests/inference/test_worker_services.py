@@ -470,7 +470,7 @@ def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_ju
     light stream the next records are a few ms behind it, in the broker or on the way: the top-up poll that waits
     ``top_up_wait_ms`` takes them into its batch, where a poll that does not wait closed a batch of one (every other
     batch of a light stream, on two loaded cores). The control (no wait) shows the scenario is the real one; the
-    records behind come 0.3 s after the engine is released, well inside the wait, unless max_wait_ms caps it."""
+    records behind come 0.6 s after the engine is released, well inside the wait, unless max_wait_ms caps it."""
     from kafka import KafkaProducer
 
     settings = worker_settings.model_copy(update={"top_up_wait_ms": top_up_wait_ms, "max_wait_ms": max_wait_ms})
@@ -494,7 +494,7 @@ def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_ju
         send(good_docs("alone", 1))  # arrives while the model is busy, and waits longer than max_wait_ms
         time.sleep(1.5)
         held.release()
-        time.sleep(0.3)
+        time.sleep(0.6)
         send(good_docs("behind", 2))
     finally:
         held.release()
