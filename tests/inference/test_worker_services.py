@@ -468,12 +468,15 @@ def test_a_record_that_waited_through_a_busy_batch_takes_the_records_arriving_ju
 ) -> None:
     """A record that arrived while the model was busy is due at once (it waited longer than max_wait_ms). In a
     light stream the next records are a few ms behind it, in the broker or on the way: the top-up poll that waits
-    ``top_up_wait_ms`` takes them into its batch, where a poll that does not wait closed a batch of one (every other
-    batch of a light stream, on two loaded cores). The control (no wait) shows the scenario is the real one; the
-    records behind come 0.6 s after the engine is released, well inside the wait, unless max_wait_ms caps it."""
+    ``top_up_wait_ms`` takes them into its batch, where a poll that does not wait closed a batch of one (a fifth to
+    a quarter of a light stream's batches in bench e2e, on two loaded cores). The control (no wait) shows the
+    scenario is the real one; the records behind come 0.6 s after the engine is released, well inside the wait,
+    unless max_wait_ms caps it."""
     from kafka import KafkaProducer
 
     settings = worker_settings.model_copy(update={"top_up_wait_ms": top_up_wait_ms, "max_wait_ms": max_wait_ms})
+    # one producer, connected before the timed steps (helpers.produce connects anew each time, which would eat into
+    # the margins below)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), acks="all")
 
     def send(docs: list[tuple[str | None, bytes]]) -> None:
