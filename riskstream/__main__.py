@@ -1,3 +1,3 @@
-from riskstream.cli import main
+from riskstream.cli import run
 
-main()
+run()

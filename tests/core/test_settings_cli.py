@@ -93,3 +93,21 @@ def test_library_log_level_is_a_setting_and_never_below_the_root_level(monkeypat
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_the_executable_keeps_each_commands_exit_code_and_output() -> None:
+    """``riskstream`` is ``riskstream.cli:run`` (main, then a quicker exit): scripts and supervisors read its exit
+    code, so the wrapper must pass success and failure through unchanged."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "riskstream")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], check=False, capture_output=True, text=True, timeout=120)
+
+    ok = run("--version")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "riskstream, version 0.1.0")
+    usage = run("no-such-command")
+    assert usage.returncode == 2 and "No such command 'no-such-command'" in usage.stderr
