@@ -24,25 +24,35 @@ def worker(settings: WorkerSettings) -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from inference.worker import Worker
+    from riskstream.modeling import ArtifactError
 
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     w = Worker(settings)
     w.install_signals()
-    w.run()
+    try:
+        w.run()
+    except ArtifactError as exc:  # the model to start with (a hot swap refuses a bad one and keeps serving)
+        raise click.ClickException(f"cannot serve the model: {exc}") from exc
 
 
 def engine_for(settings: EngineSettings) -> object:
     """The engine for offline use: --bundle PATH, else the registry's champion."""
     from inference.device import place
     from inference.hotswap import load_engine, load_path_engine, registry_lookup
+    from riskstream.modeling import ArtifactError
 
     placement = place(settings.device, settings.precision, settings.torch_threads, backend=settings.backend)
-    if settings.bundle is not None:
-        return load_path_engine(settings.bundle, settings, placement)
-    record = registry_lookup(settings.db_url)()
-    if record is None:
-        raise click.ClickException("no champion model in the registry: run `riskstream finetune run` or pass --bundle")
-    return load_engine(record, settings, placement)
+    try:
+        if settings.bundle is not None:
+            return load_path_engine(settings.bundle, settings, placement)
+        record = registry_lookup(settings.db_url)()
+        if record is None:
+            raise click.ClickException(
+                "no champion model in the registry: run `riskstream finetune run` or pass --bundle"
+            )
+        return load_engine(record, settings, placement)
+    except ArtifactError as exc:  # a missing, corrupt or tampered bundle: say which and why, no traceback
+        raise click.ClickException(f"cannot load the model: {exc}") from exc
 
 
 @click.command("score")

@@ -95,9 +95,10 @@ def test_library_log_level_is_a_setting_and_never_below_the_root_level(monkeypat
             logging.getLogger(name).setLevel(level)
 
 
-def test_the_executable_keeps_each_commands_exit_code_and_output() -> None:
+def test_the_executable_keeps_each_commands_exit_code_and_output(tmp_path) -> None:
     """``riskstream`` is ``riskstream.cli:run`` (main, then a quicker exit): scripts and supervisors read its exit
-    code, so the wrapper must pass success and failure through unchanged."""
+    code, so the wrapper must pass success, a usage error and a command's own failure through unchanged. The
+    failure is also what a user sees for a wrong --bundle: one line naming the path and the reason, no traceback."""
     import subprocess
     import sys
     from pathlib import Path
@@ -111,3 +112,14 @@ def test_the_executable_keeps_each_commands_exit_code_and_output() -> None:
     assert (ok.returncode, ok.stdout.strip()) == (0, "riskstream, version 0.1.0")
     usage = run("no-such-command")
     assert usage.returncode == 2 and "No such command 'no-such-command'" in usage.stderr
+    docs = tmp_path / "docs.csv"
+    docs.write_text("text\nRates rise\n")
+    not_a_bundle = tmp_path / "not-a-bundle"
+    not_a_bundle.mkdir()
+    failed = run("score", "--input", str(docs), "--output", str(tmp_path / "out.jsonl"), "--bundle", str(not_a_bundle))
+    assert failed.returncode == 1
+    assert f"Error: cannot load the model: {not_a_bundle} is not a model bundle: manifest.json is missing" in (
+        failed.stderr
+    )
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "out.jsonl").exists()
