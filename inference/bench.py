@@ -189,16 +189,23 @@ def _timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
 
 
 def _load_bundle(settings: EngineSettings, encoder_impl: EncoderImpl = "transformers") -> Any:
-    from riskstream.modeling import load_bundle
+    """--bundle PATH, else the registry's champion (checksum verified); a bundle that cannot be served is a
+    one-line usage error."""
+    from riskstream.modeling import ArtifactError, load_bundle
 
-    if settings.bundle is not None:
-        return load_bundle(settings.bundle, encoder_impl=encoder_impl)
-    from inference.hotswap import registry_lookup
+    try:
+        if settings.bundle is not None:
+            return load_bundle(settings.bundle, encoder_impl=encoder_impl)
+        from inference.hotswap import registry_lookup
 
-    record = registry_lookup(settings.db_url)()
-    if record is None:
-        raise click.ClickException("no champion model: pass --bundle PATH or run `riskstream finetune run`")
-    return load_bundle(Path(record.artifact_path), expected_sha256=record.artifact_sha256, encoder_impl=encoder_impl)
+        record = registry_lookup(settings.db_url)()
+        if record is None:
+            raise click.ClickException("no champion model: pass --bundle PATH or run `riskstream finetune run`")
+        return load_bundle(
+            Path(record.artifact_path), expected_sha256=record.artifact_sha256, encoder_impl=encoder_impl
+        )
+    except ArtifactError as exc:
+        raise click.ClickException(f"cannot load the model: {exc}") from exc
 
 
 def run_inference_bench(

@@ -148,9 +148,13 @@ def replay_cmd(
     dataset: str, split: str, rate: float | None, limit: int | None, loop: bool, *, settings: IngestSettings
 ) -> None:
     """Stream a seed dataset's rows as raw documents (ids: {dataset}-{split}-{row})."""
-    from ingest.replay import replay
+    from ingest.replay import dataset_path, replay
 
     seed = settings.require_seed_data()
+    try:
+        dataset_path(seed, dataset, split)  # before connecting to anything
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dataset") from exc
     with runtime(settings, dedupe=settings.replay_dedupe) as (_db, ingestor), _stop_on_signals() as stop:
         stats = replay(ingestor, seed, dataset, split=split, rate=rate, limit=limit, loop=loop, stop=stop.is_set)
     echo_json({**stats.__dict__, "docs_per_s": round(stats.docs_per_s, 1)})

@@ -21,6 +21,7 @@ import click
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
+from riskstream.errors import SettingsError, UserError
 from riskstream.logs import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,7 +99,12 @@ def with_settings(settings_cls: type[S]) -> Callable[[F], F]:
                 libraries=getattr(settings, "log_level_libraries", "WARNING"),
             )
             kwargs["settings"] = settings
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except SettingsError as exc:
+                raise click.UsageError(str(exc)) from exc
+            except UserError as exc:
+                raise click.ClickException(str(exc)) from exc
 
         return typing.cast(F, wrapper)
 

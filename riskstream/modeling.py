@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from riskstream.errors import UserError
 from riskstream.hashing import sha256_file
 
 BUNDLE_FORMAT = "riskstream-bundle/1"
@@ -91,7 +92,7 @@ def tasks_for_channel(channel: str) -> tuple[str, str]:
     return f"{prefix}_sentiment", f"{prefix}_topic"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserError, RuntimeError):
     """A bundle is missing, corrupt, or does not match its manifest; it must not be served."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from riskstream.errors import SettingsError
+
 ENV_PREFIX = "RISKSTREAM_"
 
 
@@ -149,12 +151,12 @@ class CommonSettings(BaseSettings):
 
     def require_seed_data(self) -> Path:
         if self.seed_data is None:
-            raise ValueError(
+            raise SettingsError(
                 "no seed data configured: set RISKSTREAM_SEED_DATA (or --seed-data) to a folder of "
                 "<dataset>/{train,dev,test}.csv"
             )
         if not self.seed_data.is_dir():
-            raise ValueError(f"RISKSTREAM_SEED_DATA={self.seed_data} is not a directory")
+            raise SettingsError(f"RISKSTREAM_SEED_DATA={self.seed_data} is not a directory")
         return self.seed_data
 
     def to_env(self) -> dict[str, str]:

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from riskstream.errors import UserError
 from riskstream.kafka_client import KafkaConnection, security_options
 
 log = logging.getLogger(__name__)
 
 
-class TopicSetupError(RuntimeError):
+class TopicSetupError(UserError, RuntimeError):
     """A topic the process needs is missing and cannot be created (the broker's reason is in the message)."""
 
 

@@ -53,11 +53,25 @@ def test_safe_dump_masks_secrets() -> None:
     assert s.db_url.endswith("hunter2@db:5432/rs")  # the real value is still usable
 
 
-def test_seed_data_must_exist(tmp_path) -> None:
+@click.command()
+@with_settings(CommonSettings)
+def needs_seed(settings: CommonSettings) -> None:
+    click.echo(str(settings.require_seed_data()))
+
+
+def test_seed_data_must_exist(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="RISKSTREAM_SEED_DATA"):
         CommonSettings(seed_data=None).require_seed_data()
     with pytest.raises(ValueError, match="not a directory"):
         CommonSettings(seed_data=tmp_path / "missing").require_seed_data()
+    # on the command line: a usage error naming the setting, not a traceback
+    monkeypatch.delenv("RISKSTREAM_SEED_DATA", raising=False)
+    result = CliRunner().invoke(needs_seed, [])
+    assert result.exit_code == 2
+    assert "no seed data configured: set RISKSTREAM_SEED_DATA" in result.output
+    result = CliRunner().invoke(needs_seed, ["--seed-data", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "is not a directory" in result.output
+    assert CliRunner().invoke(needs_seed, ["--seed-data", str(tmp_path)]).output.strip() == str(tmp_path)
 
 
 def test_to_env_rebuilds_the_same_settings_in_a_child(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -123,3 +137,53 @@ def test_the_executable_keeps_each_commands_exit_code_and_output(tmp_path) -> No
     )
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "schemas.topics:TopicSetupError",
+        "riskstream.modeling:ArtifactError",
+    ],
+)
+def test_an_error_the_user_can_fix_is_one_line_and_exit_1(error: str) -> None:
+    """Kafka unreachable, a corrupt bundle: the message says what to fix; a traceback would bury it."""
+    import importlib
+
+    module, name = error.split(":")
+    cls = getattr(importlib.import_module(module), name)
+
+    @click.command()
+    @with_settings(CommonSettings)
+    def fails(settings: CommonSettings) -> None:
+        raise cls("cannot connect to Kafka at 127.0.0.1:1: check kafka_bootstrap")
+
+    result = CliRunner().invoke(fails, [])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: cannot connect to Kafka at 127.0.0.1:1: check kafka_bootstrap"
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    """Only errors meant for the user are shortened: anything else still fails loudly with its traceback."""
+
+    @click.command()
+    @with_settings(CommonSettings)
+    def buggy(settings: CommonSettings) -> None:
+        raise KeyError("oops")
+
+    result = CliRunner().invoke(buggy, [])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_replaying_an_unknown_dataset_is_refused_before_connecting(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker here is unreachable (port 1): the answer must come at once and name the datasets there are."""
+    from ingest.cli import ingest
+
+    (tmp_path / "banking77").mkdir()
+    (tmp_path / "banking77" / "train.csv").write_text("text,label\nhello,greeting\n")
+    monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path / "data"))
+    args = ["replay", "--dataset", "nosuch", "--seed-data", str(tmp_path), "--kafka-bootstrap", "127.0.0.1:1"]
+    result = CliRunner().invoke(ingest, args)
+    assert result.exit_code == 2
+    assert "Invalid value for --dataset: no train split for dataset 'nosuch'" in result.output
+    assert "datasets: ['banking77']" in result.output
