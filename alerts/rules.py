@@ -173,9 +173,15 @@ def load_rules_file(path: Path) -> list[Rule]:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RuleError(f"{path}: not valid YAML: {exc}") from exc
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RuleError(f"{path}: not valid JSON: {exc}") from exc
     items = data if isinstance(data, list) else [data]
     rules = [load_rule(item, origin=f"{path}") for item in items]
     ids = [r.id for r in rules]

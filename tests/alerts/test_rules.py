@@ -65,6 +65,15 @@ def test_rules_file_json_and_yaml(tmp_path: Path) -> None:
     dup.write_text(json.dumps([{"id": "a", "name": "A", "threshold": 2}] * 2))
     with pytest.raises(RuleError, match="duplicate"):
         load_rules_file(dup)
+    # a file that does not parse is named, with the parser's position
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"id": ')
+    with pytest.raises(RuleError, match=r"broken\.json: not valid JSON: Expecting value: line 1 column 8"):
+        load_rules_file(broken)
+    broken_yaml = tmp_path / "broken.yaml"
+    broken_yaml.write_text("id: [c\n")
+    with pytest.raises(RuleError, match=r"broken\.yaml: not valid YAML"):
+        load_rules_file(broken_yaml)
 
 
 def test_filters_and_groups() -> None:
