@@ -75,6 +75,10 @@ def crawl_cmd(feeds: tuple[str, ...], once: bool, settings: IngestSettings) -> N
     from ingest.crawler.fetch import Fetcher
     from ingest.crawler.state import CrawlState
 
+    for feed in feeds:  # before connecting to anything
+        parts = urlsplit(feed)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(f"{feed!r} is not an http(s) URL", param_hint="--feed")
     allowed = set(settings.allowed_hosts) or {(urlsplit(f).hostname or "").lower() for f in feeds}
     with runtime(settings) as (db, ingestor), _stop_on_signals() as stop:
         fetcher = Fetcher(settings, allowed_hosts=allowed, state=CrawlState(db))

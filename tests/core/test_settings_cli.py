@@ -187,3 +187,15 @@ def test_replaying_an_unknown_dataset_is_refused_before_connecting(tmp_path, mon
     assert result.exit_code == 2
     assert "Invalid value for --dataset: no train split for dataset 'nosuch'" in result.output
     assert "datasets: ['banking77']" in result.output
+
+
+def test_crawling_a_feed_that_is_not_a_url_is_refused_before_connecting(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.cli import ingest
+
+    monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
+    args = ["crawl", "--feed", "http://127.0.0.1:8/feed.xml", "--feed", "news.example/rss", "--once"]
+    result = CliRunner().invoke(ingest, [*args, "--kafka-bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "Invalid value for --feed: 'news.example/rss' is not an http(s) URL" in result.output
