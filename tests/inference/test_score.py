@@ -1,0 +1,83 @@
+"""``riskstream score``: an analyst's file in, one scored line per row out, in order; a bad file is refused with the
+row to fix and leaves no output behind (nor touches an earlier one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from inference.cli import score
+
+pytestmark = pytest.mark.slow
+
+
+def _score(bundle: Path, tmp_path: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        score, [*args, "--bundle", str(bundle), "--data-dir", str(tmp_path / "data"), "--torch-threads", "1", "--json"]
+    )
+    return result.exit_code, result.output
+
+
+def test_a_csv_is_scored_in_input_order_keeping_ids_and_labels(bundle_v1: tuple[Path, str], tmp_path: Path) -> None:
+    bundle = bundle_v1[0]
+    version = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["version"]
+    src = tmp_path / "docs.csv"
+    src.write_text(
+        "id,channel,text,label\n"
+        "n1,news,Shares of Acme fell sharply after the profit warning,negative\n"
+        "c1,customer_service,My card was charged twice for one purchase,\n"
+        ",news,Central bank keeps rates on hold,neutral\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "scored.jsonl"
+    code, output = _score(bundle, tmp_path, "--input", str(src), "--output", str(out))
+    assert code == 0, output
+    assert json.loads(output[output.index("{") :])["documents"] == 3
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["n1", "c1", "3"]  # a row without an id gets its row number
+    assert [r["channel"] for r in rows] == ["news", "customer_service", "news"]
+    assert [r.get("label") for r in rows] == ["negative", "", "neutral"]
+    for r in rows:
+        assert r["model_version"] == version
+        assert r["sentiment"]["label"] in ("negative", "neutral", "positive")
+        assert 0.0 <= r["risk_score"] <= 1.0 and 0.0 <= r["uncertainty"] <= 1.0
+    assert rows[1]["topic"]["label"].startswith("intent-")  # the customer-service head served the ticket
+    assert rows[0]["topic"]["label"].startswith("news-topic-")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("docs.jsonl", '{"text": "Acme beats estimates"}\n{"text": "Rates hold"}\n{"text": "  "}\n',
+         "row 3: text is missing or empty"),
+        ("docs.jsonl", '{"text": "Acme beats estimates"}\n{"text": "Rates hold", "channel": "fax"}\n',
+         "row 2: unknown channel 'fax'"),
+        ("docs.jsonl", '{"text": "Acme beats estimates"}\nnot json\n', "docs.jsonl:2: not JSON"),
+        ("docs.csv", "body\nAcme beats estimates\n", "a CSV needs a 'text' column"),
+        ("docs.json", '[{"text": "Acme"}]', "unsupported input format '.json' (use .csv or .jsonl)"),
+    ],
+)  # fmt: skip
+def test_a_bad_file_is_refused_with_the_row_and_leaves_earlier_output_alone(
+    bundle_v1: tuple[Path, str], tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    src = tmp_path / name
+    src.write_text(content, encoding="utf-8")
+    out = tmp_path / "scored.jsonl"
+    out.write_text("yesterday's results\n", encoding="utf-8")
+    code, output = _score(bundle_v1[0], tmp_path, "--input", str(src), "--output", str(out), "--channel", "news")
+    assert code == 1
+    assert message in output
+    assert out.read_text(encoding="utf-8") == "yesterday's results\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("scored")) == ["scored.jsonl"]
+
+
+def test_a_file_in_an_unknown_format_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """The bundle here does not exist: the answer is about the file, so it came before any loading."""
+    src = tmp_path / "docs.xlsx"
+    src.write_bytes(b"PK\x03\x04")
+    code, output = _score(tmp_path / "no-bundle", tmp_path, "--input", str(src), "--output", str(tmp_path / "o.jsonl"))
+    assert code == 1
+    assert "unsupported input format '.xlsx'" in output and "bundle" not in output
