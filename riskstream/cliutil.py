@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -23,8 +24,10 @@ from pydantic_settings import BaseSettings
 
 from riskstream.errors import SettingsError, UserError
 from riskstream.logs import configure_logging
+from riskstream.settings import mask_url
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -105,6 +108,16 @@ def with_settings(settings_cls: type[S]) -> Callable[[F], F]:
                 raise click.UsageError(str(exc)) from exc
             except UserError as exc:
                 raise click.ClickException(str(exc)) from exc
+            except Exception as exc:
+                from sqlalchemy.exc import OperationalError
+
+                if not isinstance(exc, OperationalError):
+                    raise
+                # the database refused or failed (unreachable, credentials, locked, disk full): an operator's fix
+                log.debug("SQL store failure", exc_info=True)
+                url = mask_url(getattr(settings, "db_url", ""))
+                reason = str(exc.orig).strip() if exc.orig is not None else str(exc)
+                raise click.ClickException(f"the SQL store at {url} failed: {reason}") from exc
 
         return typing.cast(F, wrapper)
 

@@ -127,6 +127,21 @@ class CommonSettings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url_has_a_known_dialect(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value.get_secret_value()).get_dialect()
+        except ArgumentError as exc:  # the message names the scheme, never the password
+            example = "postgresql+psycopg://user:***@host/db"
+            raise ValueError(f"not a usable SQLAlchemy URL ({exc}); e.g. {example}") from None
+        return value
+
     # ---- derived values -------------------------------------------------------------------------------------
 
     @property
@@ -191,11 +206,11 @@ class CommonSettings(BaseSettings):
                 out[name] = str(value)
             else:
                 out[name] = value
-        out["db_url"] = _mask_url(self.db_url)
+        out["db_url"] = mask_url(self.db_url)
         return out
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
     """Hide the password of a database URL: postgresql://u:secret@h/db -> postgresql://u:***@h/db."""
     if "://" not in url or "@" not in url:
         return url

@@ -199,3 +199,27 @@ def test_crawling_a_feed_that_is_not_a_url_is_refused_before_connecting(
     result = CliRunner().invoke(ingest, [*args, "--kafka-bootstrap", "127.0.0.1:1"])
     assert result.exit_code == 2
     assert "Invalid value for --feed: 'news.example/rss' is not an http(s) URL" in result.output
+
+
+def test_a_database_url_without_a_known_dialect_is_a_usage_error_that_hides_the_password() -> None:
+    result = CliRunner().invoke(show, ["--database-url", "postgersql://rs:hunter2@db/rs"])
+    assert result.exit_code == 2
+    assert "not a usable SQLAlchemy URL (Can't load plugin: sqlalchemy.dialects:postgersql)" in result.output
+    assert "hunter2" not in result.output
+
+
+def test_an_unreachable_database_is_one_line_naming_it_without_the_password(tmp_path) -> None:
+    """The real PostgreSQL driver against a closed port: what an operator sees when the SQL store is down."""
+    from riskstream.db import Database
+
+    @click.command()
+    @with_settings(CommonSettings)
+    def uses_db(settings: CommonSettings) -> None:
+        Database(settings.db_url)
+
+    result = CliRunner().invoke(uses_db, ["--database-url", "postgresql+psycopg://rs:hunter2@127.0.0.1:1/rs"])
+    assert result.exit_code == 1
+    first, *_ = result.output.splitlines()
+    assert first.startswith("Error: the SQL store at postgresql+psycopg://rs:***@127.0.0.1:1/rs failed: ")
+    assert "Connection refused" in result.output and "hunter2" not in result.output
+    assert isinstance(result.exception, SystemExit)  # reported by click, not an uncaught OperationalError
