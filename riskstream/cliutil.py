@@ -5,6 +5,11 @@
 object as ``settings``. Values come from, in order of precedence: the flag, the ``RISKSTREAM_*`` environment
 variable, the default. The settings object is built once, here, and passed down; nothing below reads the
 environment again.
+
+It also decides how a command fails. Errors meant for the user (``riskstream.errors``: a missing setting, Kafka
+unreachable, a bad model bundle) and a database that refuses or fails become one line, ``Error: ...``, exit 2 for a
+setting and 1 otherwise; the database's traceback is logged at DEBUG. Anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from riskstream.logs import configure_logging
 from riskstream.settings import mask_url
 
 F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseSettings)
+log = logging.getLogger(__name__)
 
 
 def _unwrap_optional(annotation: Any) -> Any:

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,7 +33,10 @@ def _default_data_dir() -> Path:
 class CommonSettings(BaseSettings):
     """Settings every riskstream process shares: where the engines are and what the contracts are called."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+    # hide_input_in_errors: a rejected value is never echoed back (it may be a URL with credentials in it)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -126,6 +130,16 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("es_url", mode="after")
+    @classmethod
+    def _es_url_is_http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http(s) URL of an Elasticsearch node or load balancer, e.g. http://127.0.0.1:9200"
+            )
+        return value
 
     @field_validator("database_url", mode="after")
     @classmethod

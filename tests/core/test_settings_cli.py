@@ -223,3 +223,14 @@ def test_an_unreachable_database_is_one_line_naming_it_without_the_password(tmp_
     assert first.startswith("Error: the SQL store at postgresql+psycopg://rs:***@127.0.0.1:1/rs failed: ")
     assert "Connection refused" in result.output and "hunter2" not in result.output
     assert isinstance(result.exception, SystemExit)  # reported by click, not an uncaught OperationalError
+
+
+def test_an_elasticsearch_url_must_be_http_and_a_rejected_value_is_never_echoed() -> None:
+    result = CliRunner().invoke(show, ["--es-url", "127.0.0.1:9200"])
+    assert result.exit_code == 2 and "must be an http(s) URL of an Elasticsearch node" in result.output
+    result = CliRunner().invoke(show, ["--es-url", "ftp://elastic:hunter2@es.internal:9200"])
+    assert result.exit_code == 2 and "es_url" in result.output
+    assert "hunter2" not in result.output
+    assert CliRunner().invoke(show, ["--es-url", "https://es.internal:9243"]).output.split("|")[1] == (
+        "https://es.internal:9243"
+    )
