@@ -65,6 +65,12 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
     # the score CLI ran as a subprocess on the same texts with the configured backend, and wrote every document
     assert out["score_cli"]["backend"] == "onnxruntime" and out["score_cli"]["documents"] == 40
     assert out["score_cli"]["docs_per_s"] > 0
+    # the wall time splits into what the command timed itself and the process's start and exit around it
+    cli = out["score_cli"]
+    assert 0 < cli["seconds_loading_and_scoring"] < cli["wall_seconds_with_process_start"]
+    assert cli["seconds_starting_and_exiting"] == pytest.approx(
+        cli["wall_seconds_with_process_start"] - cli["seconds_loading_and_scoring"], abs=0.02
+    )
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the engine and the score CLI ran the same quantized graph (layers kept in fp32 included): one int8 export
     assert len(list((tmp_path / "data" / "cache" / "onnx").glob("*-int8-*.onnx"))) == 1
