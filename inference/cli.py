@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import click
@@ -20,9 +22,9 @@ def worker(settings: WorkerSettings) -> None:
     commits and exits 0.
     """
     import os
-    import sys
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    apply_onednn_cache_capacity(settings, os.environ)  # before torch loads oneDNN
     from inference.worker import Worker
     from riskstream.modeling import ArtifactError
 
@@ -33,6 +35,19 @@ def worker(settings: WorkerSettings) -> None:
         w.run()
     except ArtifactError as exc:  # the model to start with (a hot swap refuses a bad one and keeps serving)
         raise click.ClickException(f"cannot serve the model: {exc}") from exc
+
+
+def apply_onednn_cache_capacity(settings: WorkerSettings, environ: MutableMapping[str, str]) -> None:
+    """Cap oneDNN's kernel cache (``--onednn-cache-capacity``) through its environment variable, which oneDNN reads
+    once, when torch first uses it: call this before importing torch."""
+    import logging
+
+    if "torch" in sys.modules:
+        logging.getLogger(__name__).warning(
+            "torch is already imported: oneDNN may have read its cache capacity already (wanted %d)",
+            settings.onednn_cache_capacity,
+        )
+    environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.onednn_cache_capacity)
 
 
 def engine_for(settings: EngineSettings) -> object:

@@ -154,6 +154,16 @@ class WorkerSettings(EngineSettings):
         default=2048, description="Max messages in one micro-batch (one ES bulk request, one commit)."
     )
     poll_max_records: int = Field(default=500, description="max_poll_records of the Kafka consumer.")
+    onednn_cache_capacity: int = Field(
+        default=64,
+        ge=1,
+        description="How many compiled matrix-multiply kernels oneDNN keeps (ONEDNN_PRIMITIVE_CACHE_CAPACITY; "
+        "oneDNN's own default is 1,024). On a CPU the bf16 engine runs through oneDNN, which compiles a kernel per "
+        "matrix shape, and length-bucketed packs bring many shapes: with 1,024 a worker's memory kept growing "
+        "past 1.5 GB. With 64, peak RSS fell 16-22% (1,435/1,501 to 1,201/1,172 MiB) for 0.5-5% of sustained "
+        "rate and 4-5% of p95 at half rate (2-core CPU with AMX, two interleaved rounds). No effect on a GPU or "
+        "in fp32 (not oneDNN there).",
+    )
     top_up_wait_ms: int = Field(
         default=20,
         ge=0,

@@ -49,3 +49,30 @@ def test_a_switch_interval_of_zero_is_refused() -> None:
     result = CliRunner().invoke(worker, ["--gil-switch-interval-ms", "0"])
     assert result.exit_code != 0
     assert "gil" in result.output.lower()
+
+
+class _EnvRecorder(_Recorder):
+    """Records oneDNN's cache capacity variable as the worker would start with it."""
+
+    env: ClassVar[list[str | None]] = []
+
+    def run(self) -> None:
+        import os
+
+        _EnvRecorder.env.append(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"))
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], "64"), (["--onednn-cache-capacity", "256"], "256")])
+def test_the_worker_caps_onednns_kernel_cache(monkeypatch: pytest.MonkeyPatch, flag: list[str], expected: str) -> None:
+    # with oneDNN's default (1,024 kernels, one per matrix shape) a bf16 worker's memory grew past 1.5 GB in bench e2e
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")  # the command must set it, not find it
+    monkeypatch.setattr(inference.worker, "Worker", _EnvRecorder)
+    _EnvRecorder.env.clear()
+    result = CliRunner().invoke(worker, flag, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _EnvRecorder.env == [expected]
+
+
+def test_a_cache_capacity_below_one_is_refused() -> None:
+    result = CliRunner().invoke(worker, ["--onednn-cache-capacity", "0"])
+    assert result.exit_code == 2 and "onednn_cache_capacity" in result.output
