@@ -285,6 +285,7 @@ def run_inference_bench(
             backend=backend,
             onnx_cache=settings.onnx_cache_dir,
             ort_spinning=settings.ort_spinning,
+            cpu_fusion=settings.cpu_fusion,
         )
         engine.score(texts[:64], ["news"] * len(texts[:64]))
         setup[name] = time.perf_counter() - started
@@ -341,6 +342,7 @@ def run_inference_bench(
             stats = engines[name.removeprefix("engine_")].last_stats
             run["padding_share"] = round(1 - stats.tokens / max(stats.padded_tokens, 1), 3)
             run["setup_seconds"] = round(setup[name], 1)
+            run["cpu_fusion"] = engines[name.removeprefix("engine_")].fusion
         result["runs"][name] = run
         log.info("%s: %.1f docs/s", name, docs / seconds)
 
@@ -416,6 +418,8 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
         ]
         if settings.bundle is not None:
             cmd += ["--bundle", str(settings.bundle)]
+        if not settings.cpu_fusion:
+            cmd.append("--no-cpu-fusion")
         if settings.int8_fp32_modules:  # the same quantized graph as the engine runs above (and its export cache)
             cmd += ["--int8-fp32-modules", json.dumps(list(settings.int8_fp32_modules))]
         env = dict(os.environ, HF_HUB_OFFLINE="1")

@@ -18,6 +18,8 @@ How it is fast:
 - **ONNX Runtime backend** (``backend="onnxruntime"``, CPU, fp32 or int8): the encoder and pooling run as a fused
   ONNX graph, int8 through ONNX Runtime's quantized kernels (:mod:`inference.ort`); tokenization, packing and the
   heads are the same code as the torch backend, so the two are compared like for like.
+- **Fused CPU kernels.** With the lean encoder on CPU (fp32, bf16), the feed-forward GELU, and in bf16 the residual
+  additions, run as post-ops of their GEMMs (``riskstream.bert``; ``cpu_fusion=False`` turns it off).
 - **Mixed channels in one pack.** All tasks share the encoder, so news and customer-service documents share the
   forward pass; each channel's two heads read only that channel's rows.
 """
@@ -38,6 +40,7 @@ from torch import nn
 
 from inference.batching import pack_by_budget
 from inference.device import Placement
+from riskstream.bert import LeanBert
 from riskstream.modeling import LoadedBundle, calibrated_probs, mean_pool, tasks_for_channel
 from schemas.records import CHANNELS, Prediction
 
@@ -128,6 +131,7 @@ class Engine:
         backend: str = "torch",
         onnx_cache: Path | None = None,
         ort_spinning: bool = True,
+        cpu_fusion: bool = True,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -161,6 +165,10 @@ class Engine:
             for task, spec in bundle.manifest.tasks.items()
         }
         self.last_stats = EngineStats(0, 0, 0, 0)
+        # fused GEMM post-ops on CPU (riskstream.bert); Inductor fuses by itself when compiling
+        self.fusion = "none"
+        if cpu_fusion and not compile and self.ort is None and isinstance(self.encoder, LeanBert):
+            self.fusion = self.encoder.fuse_cpu_kernels("auto")
         if compile:
             self._compile()  # last: the warm-up scores through the whole engine
 
@@ -429,4 +437,5 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         backend=settings.backend,
         onnx_cache=settings.onnx_cache_dir,
         ort_spinning=settings.ort_spinning,
+        cpu_fusion=settings.cpu_fusion,
     )

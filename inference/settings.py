@@ -106,6 +106,13 @@ class EngineSettings(CommonSettings):
         description="onnxruntime backend: let its worker threads spin between operators (lower latency per batch; "
         "they burn CPU while waiting). Turn off when the worker shares a few cores with other busy processes.",
     )
+    cpu_fusion: bool = Field(
+        default=True,
+        description="Lean encoder on CPU (fp32, bf16): run the feed-forward GELU, and in bf16 the residual "
+        "additions, inside their matrix multiplies (oneDNN post-ops). Measured 1.17x documents/s in bf16 and 1.04x "
+        "in fp32 on a 2-core CPU, labels agreeing on 99.95-100% of documents. Checked against the plain path at "
+        "start; off: the plain path.",
+    )
     compile: bool = Field(
         default=False,
         description="torch.compile the encoder (fp32/bf16/fp16; not int8): +15-30% documents/s measured on a 2-core "

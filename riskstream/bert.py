@@ -15,11 +15,21 @@ The module tree and parameter names are transformers' (``encoder.layer.3.attenti
 load as saved and the int8 path's ``int8_fp32_modules`` globs mean the same with either encoder; there is no pooler
 (the product mean-pools). A fused QKV projection (one GEMM of three times the width) was tried and dropped: the
 GEMM is faster, but attention over the strided query/key/value views it yields was slower by more, in fp32 and bf16.
+
+**Fused CPU kernels** (:meth:`LeanBert.fuse_cpu_kernels`, which the serving engine turns on for CPU placements): the
+feed-forward's GELU runs inside its GEMM, and in bf16 the residual additions of both output projections too, as
+oneDNN post-ops (``torch.ops.mkldnn._linear_pointwise``, the kernels PyTorch's Inductor emits for the same
+patterns on CPU). An unfused bf16 GELU is a separate pass over the 4x-wide activations that took longer than the
+GEMM before it. Measured on the engine (2,000 tweets, 2-core Xeon with AMX): bf16 1.17x documents/s, fp32 1.04x
+(GELU only; the fused residual addition is no faster in fp32); labels agree on 99.95% (bf16) and 100% (fp32). The
+fused path is inference-only, needs PyTorch built with oneDNN, and checks itself against the plain one when turned
+on, falling back to it if the operator is missing or disagrees.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +38,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_FILE = "model.safetensors"
+FUSIONS = ("none", "gelu", "gelu+add")
 _ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
@@ -136,7 +149,18 @@ class _DenseNorm(nn.Module):
         self.dense = nn.Linear(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
 
+        self.fuse_add = False  # the residual addition as a post-op of the GEMM (CPU, oneDNN)
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.fuse_add:
+            y = torch.ops.mkldnn._linear_pointwise.binary(
+                x.reshape(-1, x.shape[-1]),
+                residual.reshape(-1, residual.shape[-1]),
+                self.dense.weight,
+                self.dense.bias,
+                "add",
+            )
+            return self.LayerNorm(y.view(residual.shape))
         return self.LayerNorm(self.dense(x) + residual)
 
 
@@ -155,8 +179,14 @@ class _Intermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.approximate = cfg.gelu_approximate
+        self.fuse_gelu = False  # the GELU as a post-op of the GEMM (CPU, oneDNN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fuse_gelu:
+            y = torch.ops.mkldnn._linear_pointwise(
+                x.reshape(-1, x.shape[-1]), self.dense.weight, self.dense.bias, "gelu", [], self.approximate
+            )
+            return y.view(*x.shape[:-1], y.shape[-1])
         return functional.gelu(self.dense(x), approximate=self.approximate)
 
 
@@ -186,6 +216,7 @@ class LeanBert(nn.Module):
         self.config = cfg
         self.embeddings = _Embeddings(cfg)
         self.encoder = _Stack(cfg)
+        self.fusion = "none"
 
     def forward(
         self,
@@ -204,6 +235,72 @@ class LeanBert(nn.Module):
         for layer in self.encoder.layer:
             x = layer(x, mask)
         return EncoderOutput(last_hidden_state=x)
+
+    def fuse_cpu_kernels(self, mode: str = "auto") -> str:
+        """Run the feed-forward GELU (``gelu``), and also the output projections' residual additions
+        (``gelu+add``), as post-ops of their GEMMs; ``none`` restores the plain path. ``auto``: ``gelu+add`` for
+        bf16 weights, ``gelu`` for fp32 (measured fastest for each), ``none`` for anything else.
+
+        For inference on CPU only (no autograd through the fused operator). Before switching, the fused path is
+        checked against the plain one on a small random input; if the operator is missing or disagrees, the plain
+        path stays and a warning says why. Returns the mode in effect."""
+        dense = self._layers()[0].intermediate.dense
+        if mode == "auto":
+            # a quantized encoder's Linear layers are other modules, with kernels of their own
+            mode = "none"
+            if type(dense) is nn.Linear and dense.weight.device.type == "cpu":
+                mode = {torch.bfloat16: "gelu+add", torch.float32: "gelu"}.get(dense.weight.dtype, "none")
+        if mode not in FUSIONS:
+            raise ValueError(f"unknown fusion {mode!r} (expected one of {', '.join(FUSIONS)} or auto)")
+        if mode != "none":
+            why = self._fusion_mismatch(mode)
+            if why is not None:
+                log.warning("fused CPU kernels are off (%s): the plain path serves", why)
+                mode = "none"
+        self._set_fusion(mode)
+        return mode
+
+    def _layers(self) -> list[_Layer]:
+        return [layer for layer in self.encoder.layer if isinstance(layer, _Layer)]
+
+    def _set_fusion(self, mode: str) -> None:
+        for layer in self._layers():
+            layer.intermediate.fuse_gelu = mode in ("gelu", "gelu+add")
+            layer.attention.output.fuse_add = layer.output.fuse_add = mode == "gelu+add"
+        self.fusion = mode
+
+    def _fusion_mismatch(self, mode: str) -> str | None:
+        """Why ``mode`` cannot serve (the fused operator missing, failing or disagreeing with the plain path on a
+        small random input), or ``None``."""
+        dense = self._layers()[0].intermediate.dense
+        if type(dense) is not nn.Linear:
+            return f"the encoder's Linear layers are {type(dense).__name__}"
+        weight = dense.weight
+        if weight.device.type != "cpu":
+            return f"the weights are on {weight.device.type}, the fused kernels are for CPU"
+        if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            return "this PyTorch has no oneDNN linear_pointwise operator"
+        previous = self.fusion
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, self.config.vocab_size, (2, 12), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[1, 9:] = 0
+        try:
+            with torch.inference_mode():
+                self._set_fusion("none")
+                plain = self(ids, mask).last_hidden_state.float()
+                self._set_fusion(mode)
+                fused = self(ids, mask).last_hidden_state.float()
+        except RuntimeError as exc:
+            return f"the fused operator failed: {exc}"
+        finally:
+            self._set_fusion(previous)
+        # bf16 carries 8 bits of mantissa: the fused path rounds once where the plain one rounds twice
+        tolerance = 1e-3 if weight.dtype == torch.float32 else 0.25
+        worst = float((plain - fused).abs().max())
+        if not worst <= tolerance:
+            return f"it differs from the plain path by {worst:.3g} on a test input (tolerance {tolerance})"
+        return None
 
     @classmethod
     def from_pretrained(cls, encoder_dir: Path) -> LeanBert:

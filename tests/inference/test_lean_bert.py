@@ -118,3 +118,58 @@ def test_an_architecture_it_does_not_cover_goes_to_transformers_or_is_refused(
         load_bundle(bundle, verify=False, encoder_impl="lean")
     (bundle / ENCODER_DIR / "model.safetensors").unlink()
     assert lean_support(bundle / ENCODER_DIR) == "no model.safetensors"
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [(torch.float32, "gelu"), (torch.bfloat16, "gelu+add")])
+def test_fused_cpu_kernels_answer_as_the_plain_path(dtype: torch.dtype, expected: str) -> None:
+    """The engine's default on CPU: GELU (and in bf16 the residual additions) inside the GEMMs. The hidden states
+    must match the plain path's (exactly enough in fp32; to bf16 rounding in bf16), and turning it off must give the
+    plain path back bit for bit."""
+    base = default_base_model()
+    encoder = LeanBert.from_pretrained(base).to(dtype=dtype)
+    input_ids, mask = _padded(LeanTokenizer(base), TEXTS[:6])
+    real = mask.bool()
+    with torch.inference_mode():
+        plain = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        assert encoder.fuse_cpu_kernels("auto") == expected
+        assert encoder.fusion == expected
+        fused = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        assert encoder.fuse_cpu_kernels("none") == "none"
+        again = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+    diff = (plain - fused)[real].abs()
+    if dtype == torch.float32:
+        assert diff.max().item() < 1e-4
+    else:  # one rounding fewer per fused op: differences of a bf16 unit here and there, none systematic
+        assert diff.mean().item() < 0.02
+        assert diff.max().item() < 0.5
+    assert torch.equal(plain, again)
+
+
+def test_engines_choose_the_fusion_for_their_path(bundle_v1: tuple[Path, str]) -> None:
+    """fp32 and bf16 CPU engines fuse; int8 (quantized kernels of its own) and ``cpu_fusion=False`` do not."""
+
+    def engine(precision: str, **kwargs: bool) -> Engine:
+        return Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", precision, 2), **kwargs)
+
+    assert engine("fp32").fusion == "gelu"
+    assert engine("bf16").fusion == "gelu+add"
+    assert engine("int8").fusion == "none"
+    plain = engine("fp32", cpu_fusion=False)
+    assert plain.fusion == "none"
+    fused = engine("fp32")
+    for a, b in zip(plain.score(TEXTS, CHANNELS), fused.score(TEXTS, CHANNELS), strict=True):
+        assert (a.sentiment.label, a.topic.label) == (b.sentiment.label, b.topic.label)
+        assert a.topic.score == pytest.approx(b.topic.score, abs=1e-5)
+
+
+def test_without_the_fused_operator_the_plain_path_serves(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PyTorch built without oneDNN (or a future one without the operator): a warning, and the plain path."""
+    encoder = LeanBert.from_pretrained(default_base_model())
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="riskstream.bert"):
+        assert encoder.fuse_cpu_kernels("auto") == "none"
+    assert "fused CPU kernels are off (this PyTorch has no oneDNN" in caplog.text
+    with pytest.raises(ValueError, match=r"unknown fusion 'gelu\+softmax'"):
+        encoder.fuse_cpu_kernels("gelu+softmax")
