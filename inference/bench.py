@@ -286,6 +286,7 @@ def run_inference_bench(
             onnx_cache=settings.onnx_cache_dir,
             ort_spinning=settings.ort_spinning,
             cpu_fusion=settings.cpu_fusion,
+            row_buckets=settings.row_buckets,
         )
         engine.score(texts[:64], ["news"] * len(texts[:64]))
         setup[name] = time.perf_counter() - started
@@ -343,6 +344,7 @@ def run_inference_bench(
             run["padding_share"] = round(1 - stats.tokens / max(stats.padded_tokens, 1), 3)
             run["setup_seconds"] = round(setup[name], 1)
             run["cpu_fusion"] = engines[name.removeprefix("engine_")].fusion
+            run["row_buckets"] = engines[name.removeprefix("engine_")].row_buckets
         result["runs"][name] = run
         log.info("%s: %.1f docs/s", name, docs / seconds)
 
@@ -420,6 +422,7 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
             cmd += ["--bundle", str(settings.bundle)]
         if not settings.cpu_fusion:
             cmd.append("--no-cpu-fusion")
+        cmd += ["--row-buckets", str(settings.row_buckets)]
         if settings.int8_fp32_modules:  # the same quantized graph as the engine runs above (and its export cache)
             cmd += ["--int8-fp32-modules", json.dumps(list(settings.int8_fp32_modules))]
         env = dict(os.environ, HF_HUB_OFFLINE="1")

@@ -20,6 +20,8 @@ How it is fast:
   heads are the same code as the torch backend, so the two are compared like for like.
 - **Fused CPU kernels.** With the lean encoder on CPU (fp32, bf16), the feed-forward GELU, and in bf16 the residual
   additions, run as post-ops of their GEMMs (``riskstream.bert``; ``cpu_fusion=False`` turns it off).
+- **Few GEMM shapes on CPU (optional).** oneDNN compiles a kernel per matrix shape; ``row_buckets`` pads each pass's
+  token rows to one of a few sizes per power of two, so a stream of small, varied micro-batches reuses kernels.
 - **Mixed channels in one pack.** All tasks share the encoder, so news and customer-service documents share the
   forward pass; each channel's two heads read only that channel's rows.
 """
@@ -132,6 +134,7 @@ class Engine:
         onnx_cache: Path | None = None,
         ort_spinning: bool = True,
         cpu_fusion: bool = True,
+        row_buckets: int = 0,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -169,6 +172,12 @@ class Engine:
         self.fusion = "none"
         if cpu_fusion and not compile and self.ort is None and isinstance(self.encoder, LeanBert):
             self.fusion = self.encoder.fuse_cpu_kernels("auto")
+        # a few GEMM shapes instead of one per pack: oneDNN compiles a kernel per shape on CPU (a GPU has no such cost)
+        # (and none under torch.compile, whose dynamic shapes serve every size with one graph)
+        lean_cpu = isinstance(self.encoder, LeanBert) and not placement.is_cuda and not compile
+        self.row_buckets = row_buckets if lean_cpu else 0
+        if isinstance(self.encoder, LeanBert):
+            self.encoder.row_buckets = self.row_buckets
         if compile:
             self._compile()  # last: the warm-up scores through the whole engine
 
@@ -438,4 +447,5 @@ def build_engine(bundle: LoadedBundle, settings: Any, placement: Placement | Non
         onnx_cache=settings.onnx_cache_dir,
         ort_spinning=settings.ort_spinning,
         cpu_fusion=settings.cpu_fusion,
+        row_buckets=settings.row_buckets,
     )

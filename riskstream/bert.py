@@ -121,6 +121,15 @@ class _Embeddings(nn.Module):
         return self.LayerNorm(x)
 
 
+def bucket_rows(rows: int, steps_per_octave: int) -> int:
+    """``rows`` rounded up to the next of ``steps_per_octave`` evenly spaced sizes per power of two (at least a
+    multiple of 8): 8 steps give sizes ..., 512, 576, 640, ..., 960, 1024, 1152, ..., padding at most 12.5%."""
+    if steps_per_octave <= 0 or rows <= 8:
+        return rows
+    step = max(8, (1 << (rows.bit_length() - 1)) // steps_per_octave)
+    return -(-rows // step) * step
+
+
 class _SelfAttention(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -129,16 +138,25 @@ class _SelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        batch, length, width = x.shape
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+        """``x``: the pack's rows (``batch * length`` of them, then any bucket padding), one per token position."""
+        rows, width = batch * length, x.shape[1]
+        head_dim = width // self.heads
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (batch, length, width) -> (batch, heads, length, head_dim)
-            return t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+        def split(t: torch.Tensor) -> torch.Tensor:  # (rows, width) -> (batch, heads, length, head_dim)
+            return t[:rows].view(batch, length, self.heads, head_dim).transpose(1, 2)
 
         out = functional.scaled_dot_product_attention(
             split(self.query(x)), split(self.key(x)), split(self.value(x)), attn_mask=mask
-        )
-        return out.transpose(1, 2).reshape(batch, length, width)
+        ).transpose(1, 2)
+        if x.shape[0] == rows:
+            return out.reshape(rows, width)
+        # the heads' outputs go back into a buffer of the bucket's size (the same one copy as the reshape above);
+        # its padding rows are zeroed so that no layer ever computes on stale memory
+        buffer = x.new_empty(x.shape)
+        buffer[:rows].view(batch, length, self.heads, head_dim).copy_(out)
+        buffer[rows:].zero_()
+        return buffer
 
 
 class _DenseNorm(nn.Module):
@@ -148,19 +166,12 @@ class _DenseNorm(nn.Module):
         super().__init__()
         self.dense = nn.Linear(d_in, d_out)
         self.LayerNorm = nn.LayerNorm(d_out, eps=eps)
-
         self.fuse_add = False  # the residual addition as a post-op of the GEMM (CPU, oneDNN)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.fuse_add:
-            y = torch.ops.mkldnn._linear_pointwise.binary(
-                x.reshape(-1, x.shape[-1]),
-                residual.reshape(-1, residual.shape[-1]),
-                self.dense.weight,
-                self.dense.bias,
-                "add",
-            )
-            return self.LayerNorm(y.view(residual.shape))
+            y = torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.dense.weight, self.dense.bias, "add")
+            return self.LayerNorm(y)
         return self.LayerNorm(self.dense(x) + residual)
 
 
@@ -170,8 +181,8 @@ class _Attention(nn.Module):
         self.self = _SelfAttention(cfg)  # transformers' module name, kept for the int8 globs
         self.output = _DenseNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, mask), x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+        return self.output(self.self(x, mask, batch, length), x)
 
 
 class _Intermediate(nn.Module):
@@ -183,10 +194,9 @@ class _Intermediate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fuse_gelu:
-            y = torch.ops.mkldnn._linear_pointwise(
-                x.reshape(-1, x.shape[-1]), self.dense.weight, self.dense.bias, "gelu", [], self.approximate
+            return torch.ops.mkldnn._linear_pointwise(
+                x, self.dense.weight, self.dense.bias, "gelu", [], self.approximate
             )
-            return y.view(*x.shape[:-1], y.shape[-1])
         return functional.gelu(self.dense(x), approximate=self.approximate)
 
 
@@ -197,8 +207,8 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(cfg)
         self.output = _DenseNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention(x, mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+        x = self.attention(x, mask, batch, length)
         return self.output(self.intermediate(x), x)
 
 
@@ -209,7 +219,13 @@ class _Stack(nn.Module):
 
 
 class LeanBert(nn.Module):
-    """BERT's encoder for inference: ``(input_ids, attention_mask) -> last_hidden_state``. No dropout, no pooler."""
+    """BERT's encoder for inference: ``(input_ids, attention_mask) -> last_hidden_state``. No dropout, no pooler.
+
+    Between the embeddings and the output the hidden states are one row per token position, ``(batch * length,
+    width)``: the dense layers see a 2-D matrix, as their GEMMs do anyway. With ``row_buckets`` (steps per power of
+    two, 0 = off) that matrix is padded to the next bucket size (:func:`bucket_rows`), so the GEMMs meet a few
+    dozen shapes instead of one per pack: oneDNN builds and caches a kernel per shape, which on a stream of small
+    micro-batches cost more than the multiplications themselves (see ``docs/inference.md``)."""
 
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -217,6 +233,7 @@ class LeanBert(nn.Module):
         self.embeddings = _Embeddings(cfg)
         self.encoder = _Stack(cfg)
         self.fusion = "none"
+        self.row_buckets = 0
 
     def forward(
         self,
@@ -224,17 +241,22 @@ class LeanBert(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids)
+        embedded = self.embeddings(input_ids, token_type_ids)
+        batch, length, width = embedded.shape
+        rows = batch * length
+        x = embedded.reshape(rows, width)
+        padded = bucket_rows(rows, self.row_buckets)
+        if padded > rows:
+            x = torch.cat([x, x.new_zeros(padded - rows, width)])
         mask: torch.Tensor | None = None
         if attention_mask is not None and not bool(attention_mask.all()):
             # additive mask in the activations' dtype, one row per query position (as transformers builds it for
             # SDPA; measured a little faster than a mask broadcast over the query positions)
-            batch, length = attention_mask.shape
             keep = attention_mask[:, None, None, :].to(torch.bool).expand(batch, 1, length, length)
             mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
         for layer in self.encoder.layer:
-            x = layer(x, mask)
-        return EncoderOutput(last_hidden_state=x)
+            x = layer(x, mask, batch, length)
+        return EncoderOutput(last_hidden_state=x[:rows].view(batch, length, width))
 
     def fuse_cpu_kernels(self, mode: str = "auto") -> str:
         """Run the feed-forward GELU (``gelu``), and also the output projections' residual additions

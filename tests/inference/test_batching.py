@@ -153,3 +153,21 @@ def test_the_spread_rule_does_not_split_off_packs_too_small_to_pay_for_a_forward
 def test_a_pack_spread_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_spread"):
         pack_by_budget([10, 20], token_budget=100, max_docs=8, max_spread=0.5)
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_row_buckets_pad_little_and_leave_few_shapes(steps: int) -> None:
+    """The lean encoder pads a pass's token rows to a bucket size: never fewer rows, at most 1/steps more (past the
+    smallest sizes), and a few dozen sizes over every pack the default token budget allows."""
+    from riskstream.bert import bucket_rows
+
+    sizes = {bucket_rows(rows, steps) for rows in range(1, 4097)}
+    for rows in range(1, 4097):
+        padded = bucket_rows(rows, steps)
+        assert padded >= rows
+        assert padded % 8 == 0 or rows <= 8
+        if rows >= 8 * steps:
+            assert padded <= rows * (1 + 1 / steps)
+    assert len(sizes) == 15 + 6 * steps  # 1-8, the multiples of 8 up to 64, then `steps` per power of two
+    assert bucket_rows(4096, steps) == 4096
+    assert all(bucket_rows(rows, 0) == rows for rows in (1, 77, 3001))  # 0 = off

@@ -148,8 +148,8 @@ def test_fused_cpu_kernels_answer_as_the_plain_path(dtype: torch.dtype, expected
 def test_engines_choose_the_fusion_for_their_path(bundle_v1: tuple[Path, str]) -> None:
     """fp32 and bf16 CPU engines fuse; int8 (quantized kernels of its own) and ``cpu_fusion=False`` do not."""
 
-    def engine(precision: str, **kwargs: bool) -> Engine:
-        return Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", precision, 2), **kwargs)
+    def engine(precision: str, cpu_fusion: bool = True) -> Engine:
+        return Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", precision, 2), cpu_fusion=cpu_fusion)
 
     assert engine("fp32").fusion == "gelu"
     assert engine("bf16").fusion == "gelu+add"
@@ -173,3 +173,32 @@ def test_without_the_fused_operator_the_plain_path_serves(
     assert "fused CPU kernels are off (this PyTorch has no oneDNN" in caplog.text
     with pytest.raises(ValueError, match=r"unknown fusion 'gelu\+softmax'"):
         encoder.fuse_cpu_kernels("gelu+softmax")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_buckets_change_no_answer(dtype: torch.dtype) -> None:
+    """Padding a pass's rows to a bucket size only adds rows that no real token reads: the real tokens' hidden
+    states are those of the unpadded pass."""
+    base = default_base_model()
+    encoder = LeanBert.from_pretrained(base).to(dtype=dtype)
+    input_ids, mask = _padded(LeanTokenizer(base), TEXTS[:7])
+    assert input_ids.numel() % 8  # the rows really get padded
+    with torch.inference_mode():
+        plain = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+        encoder.row_buckets = 8
+        bucketed = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+    assert bucketed.shape == plain.shape
+    real = mask.bool()
+    assert (plain - bucketed)[real].abs().max().item() < (1e-4 if dtype == torch.float32 else 0.05)
+
+
+def test_an_engine_buckets_rows_when_asked(bundle_v1: tuple[Path, str]) -> None:
+    """``--row-buckets N`` reaches the lean encoder and answers as without (off, 0, by default)."""
+    off = Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", "fp32", 2))
+    assert off.row_buckets == 0
+    engine = Engine(load_bundle(bundle_v1[0], encoder_impl="lean"), place("cpu", "fp32", 2), row_buckets=8)
+    assert isinstance(engine.encoder, LeanBert)
+    assert engine.encoder.row_buckets == 8
+    for a, b in zip(engine.score(TEXTS, CHANNELS), off.score(TEXTS, CHANNELS), strict=True):
+        assert (a.sentiment.label, a.topic.label) == (b.sentiment.label, b.topic.label)
+        assert a.topic.score == pytest.approx(b.topic.score, abs=1e-5)
