@@ -217,6 +217,7 @@ def run_inference_bench(
     naive_n: int | None,
     score_cli: bool,
     repeats: int = 1,
+    score_sizes: Sequence[int] = (),
 ) -> dict[str, Any]:
     import torch
 
@@ -357,6 +358,13 @@ def run_inference_bench(
     result["accuracy"] = accuracy_change(engines, seed, max_per_set)
     if score_cli:
         result["score_cli"] = score_cli_run(settings, texts, result)
+        # a longer file spreads the process's start over more documents; the pipelines' rates are those measured
+        # above (on the first --n texts, the naive loop on --naive-n of them), the texts the first N of the same set
+        by_size = {len(texts): result["score_cli"]}
+        for size in sorted(set(score_sizes) - {len(texts)}):
+            more = [r["text"] for r in read_split(seed, "fin_tweets_topic", "test", size)]
+            by_size[len(more)] = score_cli_run(settings, more, result)
+        result["score_cli_by_documents"] = {str(k): v for k, v in sorted(by_size.items())}
     return result
 
 
@@ -489,6 +497,13 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
     help="Time every path this many times and keep its best (the same for every path).",
 )
 @click.option("--score-cli/--no-score-cli", default=True, help="Also time `riskstream score` as a subprocess.")
+@click.option(
+    "--score-n",
+    "score_sizes",
+    type=click.IntRange(1),
+    multiple=True,
+    help="Also time `riskstream score` on the first N fin_tweets_topic test texts (repeatable; --n's texts always).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG chart.")
 @with_settings(EngineSettings)
@@ -499,6 +514,7 @@ def bench_inference(  # noqa: PLR0917 - click passes options by keyword
     naive_n: int | None,
     repeats: int,
     score_cli: bool,
+    score_sizes: tuple[int, ...],
     as_json: bool,
     plot: Path | None,
     settings: EngineSettings,
@@ -512,6 +528,7 @@ def bench_inference(  # noqa: PLR0917 - click passes options by keyword
         naive_n=naive_n,
         score_cli=score_cli,
         repeats=repeats,
+        score_sizes=score_sizes,
     )
     if plot is not None:
         plot_inference(result, plot)

@@ -25,7 +25,7 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
 
     plot = tmp_path / "bench.png"
     args = [
-        *("--n", "40", "--naive-n", "4", "--max-per-set", "6", "--repeats", "2"),
+        *("--n", "40", "--naive-n", "4", "--max-per-set", "6", "--repeats", "2", "--score-n", "60"),
         *("--fast-path", "onnx-int8", "--fast-path", "int8", "--fast-path", "bf16"),
         *("--bundle", str(bundle_v1[0]), "--data-dir", str(tmp_path / "data")),
         *("--seed-data", str(_seed_data()), "--torch-threads", "2"),
@@ -71,6 +71,10 @@ def test_bench_inference_measures_every_path_and_the_score_cli(bundle_v1: tuple[
     assert cli["seconds_starting_and_exiting"] == pytest.approx(
         cli["wall_seconds_with_process_start"] - cli["seconds_loading_and_scoring"], abs=0.02
     )
+    # and on a longer file (--score-n), beside the --n texts' run: the same command, each size its own process
+    assert list(out["score_cli_by_documents"]) == ["40", "60"]
+    assert out["score_cli_by_documents"]["40"] == cli
+    assert out["score_cli_by_documents"]["60"]["documents"] == 60
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the engine and the score CLI ran the same quantized graph (layers kept in fp32 included): one int8 export
     assert len(list((tmp_path / "data" / "cache" / "onnx").glob("*-int8-*.onnx"))) == 1
