@@ -178,6 +178,7 @@ class Engine:
         self.row_buckets = row_buckets if lean_cpu else 0
         if isinstance(self.encoder, LeanBert):
             self.encoder.row_buckets = self.row_buckets
+            log.info("lean encoder: fused CPU kernels %s, row buckets %d", self.fusion, self.row_buckets)
         if compile:
             self._compile()  # last: the warm-up scores through the whole engine
 
