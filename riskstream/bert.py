@@ -318,11 +318,13 @@ class LeanBert(nn.Module):
             return f"the fused operator failed: {exc}"
         finally:
             self._set_fusion(previous)
-        # bf16 carries 8 bits of mantissa: the fused path rounds once where the plain one rounds twice
-        tolerance = 1e-3 if weight.dtype == torch.float32 else 0.25
+        # relative to the hidden states' size: bf16 carries 8 bits of mantissa, and the fused path rounds once where
+        # the plain one rounds twice (measured here: 0.03 at a largest value of 6, 0 in fp32)
+        scale = max(1.0, float(plain.abs().max()))
+        tolerance = (1e-4 if weight.dtype == torch.float32 else 0.05) * scale
         worst = float((plain - fused).abs().max())
         if not worst <= tolerance:
-            return f"it differs from the plain path by {worst:.3g} on a test input (tolerance {tolerance})"
+            return f"it differs from the plain path by {worst:.3g} on a test input (tolerance {tolerance:.3g})"
         return None
 
     @classmethod
