@@ -454,6 +454,8 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
 
 
 def plot_inference(result: dict[str, Any], path: Path) -> None:
+    """Each path's share of the FP32 GEMM ceiling; beside it, when the run timed `riskstream score` on several file
+    sizes, its speed-up over the two pipelines against the file's size (the start-up spread over more documents)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -461,7 +463,9 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
 
     names = list(result["runs"])
     shares = [100 * result["runs"][k]["share_of_fp32_gemm_ceiling"] for k in names]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    by_size = result.get("score_cli_by_documents") or {}
+    fig, axes = plt.subplots(1, 2 if len(by_size) > 1 else 1, figsize=(13 if len(by_size) > 1 else 8, 4), squeeze=False)
+    ax = axes[0][0]
     ax.barh(names, shares, color="tab:blue")
     ax.axvline(60, color="tab:orange", linestyle="--", label="FP32 target 60%")
     ax.axvline(150, color="tab:red", linestyle="--", label="fast-path target 150%")
@@ -470,6 +474,18 @@ def plot_inference(result: dict[str, Any], path: Path) -> None:
         f"{result['documents']} docs, {result['mean_tokens_per_doc']} tokens/doc, {result['torch_threads']} threads"
     )
     ax.legend()
+    if len(by_size) > 1:
+        ax = axes[0][1]
+        sizes = [int(k) for k in by_size]
+        ax.plot(sizes, [v["x_naive_pipeline"] for v in by_size.values()], "o-", label="x naive pipeline")
+        ax.plot(sizes, [v["x_batched_pipeline"] for v in by_size.values()], "s-", label="x batch-32 pipeline")
+        ax.axhline(5, color="tab:blue", linestyle=":", label="target 5x naive")
+        ax.axhline(4, color="tab:orange", linestyle=":", label="target 4x batched")
+        ax.set_xlabel("documents in the file")
+        ax.set_ylabel("speed-up, process start included")
+        ax.set_title("riskstream score")
+        ax.set_ylim(bottom=0)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
 
