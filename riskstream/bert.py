@@ -22,9 +22,8 @@ oneDNN post-ops (``torch.ops.mkldnn._linear_pointwise``, the kernels PyTorch's I
 patterns on CPU). An unfused bf16 GELU is a separate pass over the 4x-wide activations that took longer than the
 GEMM before it. Measured on the engine (2,000 tweets, 2-core Xeon with AMX): bf16 1.05-1.17x documents/s, fp32
 1.01-1.05x (GELU only; the fused residual addition is no faster in fp32); labels agree on 99.95% (bf16) and 100%
-(fp32). The
-fused path is inference-only, needs PyTorch built with oneDNN, and checks itself against the plain one when turned
-on, falling back to it if the operator is missing or disagrees.
+(fp32). The fused path is inference-only, needs PyTorch built with oneDNN, and checks itself against the plain one
+when turned on, falling back to it if the operator is missing or disagrees.
 """
 
 from __future__ import annotations
