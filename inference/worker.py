@@ -133,12 +133,14 @@ def score_batch(engine: Engine, records: Iterable[Any], metrics: WorkerMetrics |
 
 
 def model_info(engine: Engine) -> dict[str, str]:
-    """Labels of ``riskstream_worker_model_info``: the version served and how (``auto`` precision differs by CPU)."""
+    """Labels of ``riskstream_worker_model_info``: the version served and how (``auto`` precision differs by CPU;
+    ``cpu_fusion`` is ``none`` where the fused kernels do not apply or failed their check at load)."""
     return {
         "version": engine.version,
         "precision": engine.placement.precision,
         "backend": engine.backend,
         "device": str(engine.placement.device),
+        "cpu_fusion": engine.fusion,
     }
 
 

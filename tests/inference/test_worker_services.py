@@ -156,6 +156,7 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
         assert (metric("riskstream_worker_failures_total", {"reason": reason}) or 0) >= n, reason
     served = {"version": "test-v1", "backend": "torch", "device": "cpu"}
     served["precision"] = "bf16" if has_native_bf16() else "fp32"  # auto: bf16 only where the CPU has it natively
+    served["cpu_fusion"] = "gelu+add" if has_native_bf16() else "gelu"  # the lean encoder's fused kernels
     assert metric("riskstream_worker_model_info", served) == 1.0
     # the process's own CPU and memory, for telling a CPU-bound worker and sizing its container
     assert (metric("process_cpu_seconds_total") or 0) > 0
