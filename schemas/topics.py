@@ -20,7 +20,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from riskstream.errors import UserError
-from riskstream.kafka_client import KafkaConnection, security_options
+from riskstream.kafka_client import RECONNECT_BACKOFF_MAX_MS, KafkaConnection, security_options
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def ensure_topics(
             bootstrap_servers=bootstrap.split(","),
             client_id="riskstream-topics",
             request_timeout_ms=int(timeout_s * 1000),
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             **security,
         )
     except KafkaError as exc:  # unreachable, or refused: wrong protocol or credentials
