@@ -3,7 +3,8 @@
 kafka-python backs off exponentially between connection attempts, up to 30 s by default (the Java client stops at
 1 s): a worker or command started during a broker restart would sit out most of that after the broker was back.
 Here the broker's port is reached through a local TCP relay that refuses connections at first and forwards to the
-real broker after a few seconds; the client (riskstream's options) must be connected within two seconds of that.
+real broker after 15 s; the client (riskstream's options) must be connected within three seconds of that (with
+kafka-python's default backoff it gave up at its 30 s bootstrap timeout instead).
 """
 
 from __future__ import annotations
@@ -97,4 +98,4 @@ def test_a_client_started_before_the_broker_is_reachable_connects_soon_after(
     relay.open()
     thread.join(timeout=40)
     assert "at" in connected, "the client never connected"
-    assert connected["at"] - relay.opened_at < 2.0
+    assert connected["at"] - relay.opened_at < 3.0  # with a 1 s ceiling: well under (measured 0.0-0.2 s)
