@@ -65,7 +65,7 @@ def security_options(settings: KafkaConnection) -> dict[str, Any]:
 
 
 # kafka-python doubles its wait between connection attempts up to 30 s; the Java client stops at 1 s. Measured
-# (tests/platform/test_kafka_reconnect.py, /work/runs/s20/kafka on the development machine): a client started while
+# (tests/platform/test_kafka_reconnect.py; docs/operations.md, "A Kafka broker restarts"): a client started while
 # the broker was unreachable for 15 s never connected within its 30 s bootstrap timeout, and after a 25 s outage
 # one connected 2.8-4.6 s after the broker was back; with a 1 s ceiling, within 0.2 s.
 RECONNECT_BACKOFF_MAX_MS = 1000
