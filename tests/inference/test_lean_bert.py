@@ -71,6 +71,17 @@ def test_engines_on_either_encoder_give_the_same_answers(bundle_v1: tuple[Path, 
             assert abs(x.score - y.score) < tolerance
 
 
+def test_loading_leaves_torchs_initialisers_alone() -> None:
+    """Loading skips the random initialisation of the weights it overwrites, and only there: a model built after
+    (a fine-tune's new heads, in the same process as a served bundle) is initialised as ever."""
+    before = {name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_")}
+    LeanBert.from_pretrained(default_base_model())
+    assert {name: getattr(torch.nn.init, name) for name in before} == before
+    torch.manual_seed(0)
+    fresh = torch.nn.Linear(64, 64)
+    assert 0.02 < float(fresh.weight.detach().std()) < 0.2  # kaiming-uniform's spread, not whatever memory held
+
+
 def test_the_reference_prediction_works_on_a_lean_bundle(bundle_v1: tuple[Path, str]) -> None:
     """``LoadedBundle.predict`` pads its own batches, so it serves a bundle loaded with the lean tokenizer (which
     does not pad) and answers as with transformers."""
