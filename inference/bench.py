@@ -430,7 +430,10 @@ def score_cli_run(settings: EngineSettings, texts: list[str], result: dict[str, 
             cmd += ["--bundle", str(settings.bundle)]
         if not settings.cpu_fusion:
             cmd.append("--no-cpu-fusion")
-        cmd += ["--row-buckets", str(settings.row_buckets)]
+        # the packing fields only when set: otherwise `score` packs a file as it does for a user (its offline profile)
+        for name in ("row_buckets", "sort_window", "max_batch_docs", "pack_spread", "token_budget"):
+            if name in settings.model_fields_set:
+                cmd += ["--" + name.replace("_", "-"), str(getattr(settings, name))]
         if settings.int8_fp32_modules:  # the same quantized graph as the engine runs above (and its export cache)
             cmd += ["--int8-fp32-modules", json.dumps(list(settings.int8_fp32_modules))]
         env = dict(os.environ, HF_HUB_OFFLINE="1")

@@ -92,14 +92,14 @@ def score(input_path: Path, output_path: Path, channel: str | None, as_json: boo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from inference.engine import Engine
-    from inference.score import InputError, read_rows, score_file
+    from inference.score import InputError, offline_settings, read_rows, score_file
 
     try:
         next(read_rows(input_path), None)  # the format and the header, before seconds of loading the model
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
     started = time.perf_counter()
-    engine = engine_for(settings)
+    engine = engine_for(offline_settings(settings))
     assert isinstance(engine, Engine)
     try:
         summary = score_file(engine, input_path, output_path, channel=channel, progress=not as_json)

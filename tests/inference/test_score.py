@@ -81,3 +81,40 @@ def test_a_file_in_an_unknown_format_is_refused_before_the_model_loads(tmp_path:
     code, output = _score(tmp_path / "no-bundle", tmp_path, "--input", str(src), "--output", str(tmp_path / "o.jsonl"))
     assert code == 1
     assert "unsupported input format '.xlsx'" in output and "bundle" not in output
+
+
+def test_score_packs_a_file_to_fill_the_budget_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is a backlog: `score` sorts a whole chunk, fills the token budget and pads rows to few shapes; a
+    packing field set by a flag or an environment variable is the user's and stays."""
+    from inference.score import CHUNK, offline_settings
+    from inference.settings import EngineSettings
+
+    plain = offline_settings(EngineSettings(token_budget=2048))
+    assert (plain.sort_window, plain.max_batch_docs, plain.pack_spread, plain.row_buckets) == (CHUNK, 2048, 0.0, 8)
+    monkeypatch.setenv("RISKSTREAM_SORT_WINDOW", "64")
+    told = offline_settings(EngineSettings(row_buckets=0, max_batch_docs=16))
+    assert (told.sort_window, told.max_batch_docs, told.pack_spread, told.row_buckets) == (64, 16, 0.0, 0)
+
+
+def test_the_offline_packing_answers_as_the_workers(bundle_v1: tuple[Path, str], tmp_path: Path) -> None:
+    """The same file scored with `score`'s packing and with the worker's (small packs, no row padding): the same
+    labels and confidences, row for row."""
+    from tests.inference.helpers import MIXED_DOCS
+
+    src = tmp_path / "docs.jsonl"
+    docs = [{"text": f"{text} ({i})", "channel": channel} for i in range(12) for text, channel in MIXED_DOCS]
+    src.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    outputs = []
+    workers = ["--sort-window", "16", "--max-batch-docs", "8", "--row-buckets", "0", "--pack-spread", "1.5"]
+    for name, packing in [("offline.jsonl", []), ("worker.jsonl", workers)]:
+        out = tmp_path / name
+        code, output = _score(bundle_v1[0], tmp_path, "--input", str(src), "--output", str(out), "--precision", "fp32",
+                              *packing)  # fmt: skip
+        assert code == 0, output
+        outputs.append([json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()])
+    offline, worker = outputs
+    assert len(offline) == len(worker) == len(docs)
+    for a, b in zip(offline, worker, strict=True):
+        assert (a["sentiment"]["label"], a["topic"]["label"]) == (b["sentiment"]["label"], b["topic"]["label"])
+        assert a["sentiment"]["score"] == pytest.approx(b["sentiment"]["score"], abs=1e-5)
+        assert a["topic"]["score"] == pytest.approx(b["topic"]["score"], abs=1e-5)
