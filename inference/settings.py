@@ -120,7 +120,9 @@ class EngineSettings(CommonSettings):
         "of two (8: at most 12.5% more rows), so the matrix multiplies meet a few dozen shapes instead of one per "
         "pack. oneDNN builds a kernel for every new shape (about 3 ms each here). Measured with 8: 9-15% less worker "
         "memory and 17% faster on a simulated stream of small micro-batches, but end to end its latency at half rate "
-        "was better in one round of two and worse in the other, so it is off (0) by default.",
+        "was better in one round of two and worse in the other, so it is off (0) by default for the worker. "
+        "`riskstream score` uses 8 unless set, with the whole file chunk sorted and each pass filled to the token "
+        "budget: there nearly every pass has one shape, and a 2,000-document run took 3.9-4.1 s instead of 4.7.",
     )
     compile: bool = Field(
         default=False,
