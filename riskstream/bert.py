@@ -340,9 +340,10 @@ class LeanBert(nn.Module):
         cfg = BertConfig.from_dict(json.loads((encoder_dir / "config.json").read_text(encoding="utf-8")))
         with _skip_init():  # every parameter is overwritten below
             model = cls(cfg)
-        # the file's tensors as they are: no second copy of the weights while loading
+        # the file's tensors as they are: no second copy of the weights while loading (then fp32 whatever the file
+        # holds, as the engine's casts and the int8 path expect; a no-op for an fp32 file)
         model.load_state_dict(_map_state(load_file(str(encoder_dir / WEIGHTS_FILE))), assign=True)
-        return model.eval()
+        return model.float().eval()
 
 
 _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
@@ -352,8 +353,10 @@ _INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
 def _skip_init() -> Iterator[None]:
     """Modules built inside leave their parameters uninitialised (``torch.empty``'s memory): for modules whose every
     parameter is loaded next. The random initialisation of the encoder cost 0.1 s of a `riskstream score` here.
-    (The same device as transformers' ``no_init_weights``; building on the meta device instead imports
-    torch._dynamo, a second more.)"""
+    transformers' ``no_init_weights`` does the same; building on the meta device instead imports torch._dynamo, a
+    second more. It swaps ``torch.nn.init``'s functions for the process while it runs (a fraction of a second), so
+    no other thread should build modules meanwhile: none does in the worker, whose loader thread is the only one
+    that builds any."""
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
 
     def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
