@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 from finetune.calibrate import ece, fit_source_classifier, fit_source_temperatures, fit_temperature, nll
 from finetune.evaluate import metrics_from_logits
 from finetune.gate import decide
-from finetune.pipeline import CALIBRATION_ECE_WARN, _check_shared_temperatures
+from finetune.pipeline import CALIBRATION_ECE_WARN, _check_shared_temperatures, balanced_sample
 from riskstream.modeling import BundleManifest, TaskSpec, calibrated_probs, row_temperatures
 
 
@@ -180,3 +182,21 @@ def test_a_required_confidence_refuses_a_gain_the_dev_rows_cannot_vouch_for() ->
     # off by default, and never asked of the first model
     assert decide(cand, champ, tolerance=0.02, better_share=0.1).accepted
     assert decide(cand, None, tolerance=0.02, better_share=None, min_confidence=0.9).accepted
+
+
+def test_the_source_classifier_learns_from_as_many_rows_of_each_source() -> None:
+    """Its prior follows the row counts, so every source gives the same number: all of the smallest source's rows
+    up to the cap, a reproducible random sample of the others'."""
+    from finetune.data import Example
+
+    rows = {
+        "financial_phrasebank": [Example(f"sentence {i}", 0, "financial_phrasebank") for i in range(387)],
+        "fin_tweets_sentiment": [Example(f"tweet {i}", 1, "fin_tweets_sentiment") for i in range(858)],
+    }
+    sample = balanced_sample(rows, 4000, random.Random(42))
+    assert [len(got) for got in sample.values()] == [387, 387]
+    assert all(ex.source == name for name, got in sample.items() for ex in got)
+    assert len({ex.text for ex in sample["fin_tweets_sentiment"]}) == 387  # no row twice
+    assert sample == balanced_sample(rows, 4000, random.Random(42))
+    capped = balanced_sample(rows, 100, random.Random(7))
+    assert [len(got) for got in capped.values()] == [100, 100]
