@@ -83,7 +83,7 @@ def score_file(
     if channel is not None and channel not in CHANNELS:
         raise InputError(f"unknown channel {channel!r} (expected one of {', '.join(CHANNELS)})")
     tmp = output_path.with_name(output_path.name + ".partial")
-    n = tokens = 0
+    n = tokens = passes = 0
     bar = tqdm(desc=f"scoring {input_path.name}", unit="doc", disable=not progress)
     try:
         with tmp.open("w", encoding="utf-8") as out:
@@ -93,17 +93,30 @@ def score_file(
                 chunk.append(row)
                 if len(chunk) >= CHUNK:
                     tokens += _score_chunk(engine, chunk, n, channel=channel, out=out, bar=bar)
-                    n += len(chunk)
-                    chunk = []
+                    n, passes, chunk = n + len(chunk), passes + engine.last_stats.packs, []
             if chunk:
                 tokens += _score_chunk(engine, chunk, n, channel=channel, out=out, bar=bar)
-                n += len(chunk)
+                n, passes = n + len(chunk), passes + engine.last_stats.packs
         tmp.replace(output_path)
     finally:
         bar.close()
         if tmp.exists():
             tmp.unlink()
-    return {"documents": n, "tokens": tokens, "model_version": engine.version, "output": str(output_path)}
+    packing = {  # as the engine packed this file (the offline profile, or what flags and variables set)
+        "token_budget": engine.token_budget,
+        "sort_window": engine.sort_window,
+        "max_batch_docs": engine.max_batch_docs,
+        "pack_spread": engine.pack_spread,
+        "row_buckets": engine.row_buckets,
+    }
+    return {
+        "documents": n,
+        "tokens": tokens,
+        "forward_passes": passes,
+        "packing": packing,
+        "model_version": engine.version,
+        "output": str(output_path),
+    }
 
 
 def _score_chunk(

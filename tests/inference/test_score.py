@@ -104,14 +104,21 @@ def test_the_offline_packing_answers_as_the_workers(bundle_v1: tuple[Path, str],
     src = tmp_path / "docs.jsonl"
     docs = [{"text": f"{text} ({i})", "channel": channel} for i in range(12) for text, channel in MIXED_DOCS]
     src.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
-    outputs = []
+    outputs, summaries = [], []
     workers = ["--sort-window", "16", "--max-batch-docs", "8", "--row-buckets", "0", "--pack-spread", "1.5"]
     for name, packing in [("offline.jsonl", []), ("worker.jsonl", workers)]:
         out = tmp_path / name
         code, output = _score(bundle_v1[0], tmp_path, "--input", str(src), "--output", str(out), "--precision", "fp32",
                               *packing)  # fmt: skip
         assert code == 0, output
+        summaries.append(json.loads(output[output.index("{") :]))
         outputs.append([json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()])
+    # the command packed the file its own way unless told, and fewer, fuller passes did it
+    assert summaries[0]["packing"] == {
+        "token_budget": 4096, "sort_window": 8192, "max_batch_docs": 4096, "pack_spread": 0.0, "row_buckets": 8
+    }  # fmt: skip
+    assert summaries[1]["packing"]["sort_window"] == 16 and summaries[1]["packing"]["row_buckets"] == 0
+    assert summaries[0]["forward_passes"] == 1 < summaries[1]["forward_passes"]
     offline, worker = outputs
     assert len(offline) == len(worker) == len(docs)
     for a, b in zip(offline, worker, strict=True):
