@@ -23,6 +23,7 @@ Channel = Literal["news", "customer_service"]
 CHANNELS: tuple[str, ...] = ("news", "customer_service")
 
 MAX_TEXT_CHARS = 100_000
+MAX_ID_BYTES = 512  # Elasticsearch refuses a longer _id, and with it the whole bulk request that carries it
 
 
 def utcnow() -> datetime:
@@ -89,6 +90,14 @@ class RawDocument(_Record):
             metadata.setdefault(key, value)
         kept["metadata"] = metadata
         return kept
+
+    @field_validator("id")
+    @classmethod
+    def _id_fits_elasticsearch(cls, value: str) -> str:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_ID_BYTES:
+            raise ValueError(f"id is {size} bytes in UTF-8; at most {MAX_ID_BYTES} (Elasticsearch's _id limit)")
+        return value
 
     @field_validator("text")
     @classmethod

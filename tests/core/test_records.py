@@ -26,6 +26,8 @@ def test_unknown_fields_are_kept_under_metadata() -> None:
         ({"id": "a", "channel": "news", "text": "   \n"}, "text"),
         ({"id": "a", "channel": "email", "text": "hi"}, "channel"),
         ({"channel": "news", "text": "hi"}, "id"),
+        # 300 characters but 600 bytes: Elasticsearch would refuse the bulk request carrying it, not just the item
+        ({"id": "\u00e9" * 300, "channel": "news", "text": "hi"}, "id"),
     ],
 )
 def test_invalid_documents_name_the_field(payload: dict, field: str) -> None:
