@@ -55,7 +55,7 @@ from inference.engine import DocScore, Engine
 from inference.hotswap import ChampionLookup, ModelWatcher, load_engine, load_path_engine, registry_lookup
 from inference.metrics import WorkerMetrics
 from inference.settings import WorkerSettings
-from inference.sinks import EsBulkSink, KafkaOut
+from inference.sinks import EncodedDoc, EsBulkSink, KafkaOut
 from inference.stage import WriteStage
 from riskstream.kafka_client import rescue_stranded_join
 from schemas.records import DeadLetter, RawDocument, ScoredDocument
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 class ScoredBatch:
     """A micro-batch after scoring: what still has to be written, produced and committed."""
 
-    docs: list[tuple[ScoredDocument, Source]]
+    docs: list[tuple[EncodedDoc, Source]]  # serialised once, on this thread: the same bytes go to ES and Kafka
     dead: list[DeadLetter]
     offsets: dict[tuple[str, int], int]  # (topic, partition) -> next offset to commit
     first_offsets: dict[tuple[str, int], int]  # (topic, partition) -> the batch's lowest offset (to rewind to)
@@ -115,14 +115,14 @@ def score_batch(engine: Engine, records: Iterable[Any], metrics: WorkerMetrics |
             dead.append(result)
         else:
             parsed.append((result, source))
-    docs: list[tuple[ScoredDocument, Source]] = []
+    docs: list[tuple[EncodedDoc, Source]] = []
     tokens = 0
     if parsed:
         scores = engine.score([raw.text for raw, _ in parsed], [raw.channel for raw, _ in parsed])
         now = datetime.now(tz=UTC)
         for (raw, source), score in zip(parsed, scores, strict=True):
             try:
-                docs.append((to_scored(raw, score, source, now), source))
+                docs.append((EncodedDoc.of(to_scored(raw, score, source, now)), source))
                 tokens += score.tokens
             except ValueError as exc:  # pydantic ValidationError is a ValueError
                 dead.append(dead_letter(source, "schema_violation", str(exc)))
@@ -422,7 +422,7 @@ class Worker:
             rejected = self.es_sink.write([doc for doc, _ in batch.docs])
             if rejected:
                 by_id = {id(r.doc): r for r in rejected}
-                kept: list[tuple[ScoredDocument, Source]] = []
+                kept: list[tuple[EncodedDoc, Source]] = []
                 for doc, source in batch.docs:
                     rej = by_id.get(id(doc))
                     if rej is None:
@@ -462,7 +462,7 @@ class Worker:
                     time.perf_counter() - batch.started,
                 )
             for doc, _ in batch.docs:
-                self.metrics.docs.labels(channel=doc.channel).inc()
+                self.metrics.docs.labels(channel=doc.doc.channel).inc()
             self.metrics.tokens.inc(batch.tokens)
             self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
             self.batches_done += 1

@@ -102,6 +102,7 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
 ) -> None:
     register(worker_settings, "test-v1", *bundle_v1)
     good = good_docs("good", 24)
+    crowd = {"type": "cashtag", "value": "$A"}
     no_id = {"channel": "news", "text": "A document without an id"}
     poison = [
         ("p-json", b"{this is not json"),
@@ -109,17 +110,19 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
         ("p-notext", json.dumps({"id": "p-notext", "channel": "news"}).encode()),
         ("p-channel", json.dumps({"id": "p-channel", "channel": "fax", "text": "hello"}).encode()),
         ("p-blank", json.dumps({"id": "p-blank", "channel": "news", "text": "   "}).encode()),
+        # valid, but Elasticsearch refuses it: more nested entities than an index allows (10,000)
+        ("p-es", json.dumps({"id": "p-es", "channel": "news", "text": "$A", "entities": [crowd] * 10_001}).encode()),
     ]
     produce(worker_settings, good[:12] + poison + [(None, json.dumps(no_id).encode())] + good[12:])
     run = start_worker(engine=None)
     wait_until(lambda: es_count(worker_settings) >= 25, 240, "25 documents in ES")
     dlq: list[dict[str, Any]] = []
 
-    def five_dead_letters() -> bool:
+    def six_dead_letters() -> bool:
         dlq[:] = read_topic(worker_settings, worker_settings.topic_dlq, 2)
-        return len(dlq) >= 5
+        return len(dlq) >= 6
 
-    wait_until(five_dead_letters, 60, "5 dead letters")
+    wait_until(six_dead_letters, 60, "6 dead letters")
     run.stop()
 
     docs = es_docs(worker_settings)
@@ -140,12 +143,17 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
         "p-notext": "schema_violation",
         "p-channel": "schema_violation",
         "p-blank": "empty_text",
+        "p-es": "es_rejected",
     }
     for letter in dlq:
         assert letter["source_topic"] == worker_settings.topic_raw and letter["source_offset"] >= 0
         assert letter["payload"] or letter["payload_b64"]
+    assert "nested documents" in next(letter["error"] for letter in dlq if letter["key"] == "p-es")
     scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
     assert {s["id"] for s in scored} == set(ids)
+    # what a downstream consumer reads is what Elasticsearch holds (one serialisation for both)
+    in_es = {d["_id"]: {k: v for k, v in d.items() if k not in ("_id", "_index")} for d in docs}
+    assert all(s == in_es[s["id"]] for s in scored)
     # what the Prometheus endpoint shows an operator: documents by channel (13 news with the id-less one, 12
     # customer service; a rebalance may score a batch twice), tokens, failures by reason, the model and its precision
     metric = run.worker.metrics.registry.get_sample_value
