@@ -628,7 +628,8 @@ def mean_rate(n: int, seconds: Sequence[float]) -> float:
 
 
 class _Standalone:
-    """The engine alone, same settings as the worker, in the benchmark's process: the reference for the end-to-end
+    """The engine alone, same settings as the worker (its oneDNN kernel cache cap too, which ``bench e2e`` sets for
+    its own process before torch loads), in the benchmark's process: the reference for the end-to-end
     share. One untimed pass over the texts first (it builds oneDNN's kernels for each batch shape, as the worker's
     warm-up does); then timed passes before the worker starts and again after the sustained phase (the worker
     idle), so the reference sees the machine at both ends of the phase it is compared with. It runs on ``threads``
@@ -1021,6 +1022,7 @@ def run_e2e_bench(
         "group_at_end": {"state": members[0], "members_with_partitions": members[1]},
         "engine_standalone_processes": workers,
         "engine_standalone_threads": reference.threads,
+        "engine_standalone_onednn_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
         "engine_standalone_docs_per_s": round(standalone, 1),
         "engine_standalone_passes_docs_per_s": reference.passes_docs_per_s(),
         "share_of_standalone": round(sustained / standalone, 3),
@@ -1081,6 +1083,10 @@ def bench_e2e(  # noqa: PLR0917 - click passes options by keyword
     settings: WorkerSettings,
 ) -> None:
     """Produce -> worker(s) -> searchable in ES against the configured Kafka and ES (fresh topics and alias)."""
+    from inference.cli import apply_onednn_cache_capacity
+
+    # the engine alone runs in this process: with the workers' kernel cache, as it is the workers' engine
+    apply_onednn_cache_capacity(settings, os.environ)
     result = run_e2e_bench(settings, n, latency_seconds, warmup_docs, workers, worker_log_path=worker_log)
     if as_json:
         echo_json(result)
