@@ -236,3 +236,22 @@ def test_a_pack_spread_between_zero_and_one_is_refused_at_start_up() -> None:
     with pytest.raises(ValidationError, match="pack_spread is 0"):
         EngineSettings(pack_spread=0.5)
     assert EngineSettings(pack_spread=0).pack_spread == 0
+
+
+def test_a_workers_engine_pads_rows_to_few_shapes_unless_told_not_to(bundle_v1: tuple[Path, str]) -> None:
+    """The worker meets a new pack size in nearly every micro-batch; with oneDNN's cache capped, only bucketed row
+    counts keep its kernels cached. The engine's own default (bench inference's warm passes) stays off."""
+    from inference.hotswap import load_path_engine
+    from inference.settings import EngineSettings, WorkerSettings
+
+    path = bundle_v1[0]
+    placement = place("cpu", "fp32", 1)
+    worker = load_path_engine(path, WorkerSettings(bundle=path), placement)  # as the worker loads its model
+    told = load_path_engine(path, WorkerSettings(bundle=path, row_buckets=0), placement)
+    alone = load_path_engine(path, EngineSettings(bundle=path), placement)
+    assert (worker.row_buckets, told.row_buckets, alone.row_buckets) == (8, 0, 0)
+    assert getattr(worker.encoder, "row_buckets", None) == 8  # the lean encoder is what pads
+    a = worker.score(TEXTS[:40], CHANNELS[:40])
+    b = told.score(TEXTS[:40], CHANNELS[:40])
+    assert [(x.sentiment.label, x.topic.label) for x in a] == [(x.sentiment.label, x.topic.label) for x in b]
+    assert [x.sentiment.score for x in a] == pytest.approx([x.sentiment.score for x in b], abs=1e-5)
