@@ -66,8 +66,10 @@ def _error(status: int, detail: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
-def parse_messages(payload: Any, max_messages: int) -> list[PushMessage]:
-    """Object, array or {"messages": [...]} -> validated messages (raises ValidationError with located errors)."""
+def parse_messages(payload: Any, max_messages: int) -> list[RawDocument]:
+    """Object, array or {"messages": [...]} -> validated documents (raises _LocatedValidationError naming each
+    failing message and field: the message's own fields, then the document made of it, e.g. an id that comes out
+    over 512 bytes once prefixed with its source)."""
     if isinstance(payload, dict) and "messages" in payload and isinstance(payload["messages"], list):
         items: list[Any] = payload["messages"]
         prefix: tuple[Any, ...] = ("messages",)
@@ -81,11 +83,11 @@ def parse_messages(payload: Any, max_messages: int) -> list[PushMessage]:
         raise ValueError(f"too many messages in one request: {len(items)} > {max_messages}")
     if not items:
         raise ValueError("no messages in the request")
-    out: list[PushMessage] = []
+    out: list[RawDocument] = []
     errors: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         try:
-            out.append(PushMessage.model_validate(item))
+            out.append(PushMessage.model_validate(item).to_document())
         except ValidationError as exc:
             for err in exc.errors(include_url=False, include_input=False):
                 loc = list(err["loc"]) if prefix == ("__single__",) else [*prefix, i, *err["loc"]]
@@ -133,12 +135,11 @@ def create_app(ingestor: Ingestor, *, token: str, max_body_bytes: int, max_messa
         except orjson.JSONDecodeError as exc:
             return _error(400, f"body is not valid JSON: {exc}")
         try:
-            messages = parse_messages(payload, max_messages)
+            docs = parse_messages(payload, max_messages)
         except _LocatedValidationError as exc:
             return _error(422, exc.errors)
         except ValueError as exc:
             return _error(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
-        docs = [m.to_document() for m in messages]
         try:
             result = await run_in_threadpool(ingestor.ingest, docs)
         except PublishError as exc:

@@ -41,6 +41,11 @@ def test_validation_names_the_field(ingestor: Ingestor, sink: ListSink) -> None:
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["text"]
     response = c.post("/v1/messages", json=[{"text": "a", "channel": "fax"}], headers=AUTH)
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == [0, "channel"]
+    # an id that comes out over Elasticsearch's 512 bytes once prefixed with its source ("push:" + 600 bytes)
+    response = c.post("/v1/messages", json=[{"text": "a"}, {"text": "b", "id": "\u00e9" * 300}], headers=AUTH)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == [1, "id"] and "605 bytes" in error["msg"]
     assert c.post("/v1/messages", content=b"{not json", headers=AUTH).status_code == 400
     assert sink.docs == []  # an invalid batch is refused as a whole
 
