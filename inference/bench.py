@@ -1043,6 +1043,8 @@ def run_e2e_bench(
         "workers_rss_peak_total_mb": round(rss_total_peak, 1),
         "precision": settings.precision,
         "backend": settings.backend,
+        "row_buckets": settings.row_buckets,
+        "onednn_cache_capacity": settings.onednn_cache_capacity,
     }
 
 
