@@ -220,6 +220,14 @@ class WorkerSettings(EngineSettings):
         "pauses its partitions (stays in the group) and retries forever: documents are never dropped.",
     )
     es_bulk_timeout_s: float = Field(default=30.0, description="Timeout of one Elasticsearch bulk request.")
+    dead_letter_max_bytes: int = Field(
+        default=900_000,
+        ge=16_384,
+        description="A dead letter's JSON is cut to this size (the start of its payload kept, payload_truncated "
+        "set; the whole message stays in the raw topic at its offset) so the dead-letter topic takes it: Kafka's "
+        "default max.message.bytes is 1 MiB, and a message near that limit grows with the error and coordinates. "
+        "Keep it under the dead-letter topic's max.message.bytes.",
+    )
     metrics_port: int = Field(
         default=0,
         description="Port of the Prometheus /metrics endpoint on 127.0.0.1 (0 = off). One port per worker process.",

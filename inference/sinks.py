@@ -7,6 +7,8 @@ the writer thread's Python time per document, time it takes the interpreter lock
 Both follow the same small protocol: ``write``/``add`` a batch, ``flush``; a failure that may heal (ES down, 429,
 5xx, broker unreachable) raises :class:`SinkUnavailableError`, and the worker keeps the batch, pauses and retries.
 A document Elasticsearch refuses for good (a mapping rejection) is returned, not raised: it becomes a dead letter.
+So is a record the broker refuses for what it is (larger than the topic's ``max.message.bytes``); dead letters are
+cut to fit their topic first (:func:`fit_dead_letter`).
 So is one for which it refuses a whole bulk request (400: a request that fails validation, e.g. an over-long
 ``_id``; 413: too large): the request is halved until the refused documents stand alone, and the others go in.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,9 @@ def _error_detail(body: Any, fallback: str) -> str:
     return str(error) if error else fallback
 
 
+# a record batch of one record: the batch header (61 bytes) and the record's own framing (lengths, varints)
+RECORD_OVERHEAD_BYTES = 128
+
 # what a bulk response needs to carry: whether anything failed, and each item's status and error (not the
 # _index/_id/_version/_shards/_seq_no of every document, which Elasticsearch would build and the worker parse)
 BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
@@ -70,6 +75,35 @@ class EncodedDoc:
     @classmethod
     def of(cls, doc: ScoredDocument) -> EncodedDoc:
         return cls(doc, doc.model_dump_json(exclude_none=True).encode("utf-8"))
+
+
+def fit_dead_letter(letter: DeadLetter, max_bytes: int) -> bytes:
+    """The dead letter's JSON, at most ``max_bytes`` long: a letter that would be longer (a message near the
+    broker's size limit, with the error and coordinates added) keeps the start of its payload and says so
+    (``payload_truncated``, ``payload_size``). A dead letter the topic refuses would stall its batch for good."""
+    body = letter.model_dump_json().encode("utf-8")
+    if len(body) <= max_bytes:
+        return body
+    field_name = "payload" if letter.payload is not None else "payload_b64"
+    original: str = getattr(letter, field_name) or ""
+    keep = len(original)
+    while True:
+        # shrink in proportion to the excess (escaping makes characters and bytes differ), then check
+        keep = max(0, min(keep - 1, keep * max_bytes // len(body) - 64))
+        cut = letter.model_copy(
+            update={field_name: original[:keep], "payload_truncated": True, "payload_size": len(original)}
+        )
+        body = cut.model_dump_json().encode("utf-8")
+        if len(body) <= max_bytes or keep == 0:
+            return body
+
+
+@dataclass(frozen=True)
+class RefusedSend:
+    """A record the broker refused for what it is (too large for the topic, invalid): sending it again cannot help."""
+
+    ref: Any  # what the caller sent (an EncodedDoc or a DeadLetter)
+    error: str
 
 
 @dataclass(frozen=True)
@@ -175,7 +209,14 @@ class EsBulkSink:
 class KafkaOut:
     """Idempotent producer (acks=all) for scored documents and dead letters; ``flush`` checks every send."""
 
-    def __init__(self, client: dict[str, Any], *, client_id: str = "riskstream-worker", **overrides: Any) -> None:
+    def __init__(
+        self,
+        client: dict[str, Any],
+        *,
+        client_id: str = "riskstream-worker",
+        dead_letter_max_bytes: int = 900_000,
+        **overrides: Any,
+    ) -> None:
         """``client``: where and how to connect (``riskstream.kafka_client.client_options``)."""
         from kafka import KafkaProducer
 
@@ -190,29 +231,71 @@ class KafkaOut:
             "max_request_size": 4 * 1024 * 1024,
         }
         config.update(overrides)
+        self._config = config
         self.producer = KafkaProducer(**config)
-        self._futures: list[Any] = []
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.limits: dict[str, int] = {}
+        self.on_restart: Callable[[KafkaOut], None] | None = None  # e.g. read the topics' limits again
+        self._sent: list[tuple[Any, Any]] = []  # (future, what was sent)
+        self._refused: list[RefusedSend] = []  # refused before sending (larger than the topic's limit)
 
-    def send(self, topic: str, key: str | None, value: bytes) -> None:
-        self._futures.append(self.producer.send(topic, key=key.encode("utf-8") if key else None, value=value))
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Topic -> largest record batch the broker takes (``schemas.topics.max_message_bytes``)."""
+        self.limits = dict(limits)
+
+    def send(self, topic: str, key: str | None, value: bytes, ref: Any = None) -> None:
+        key_bytes = key.encode("utf-8") if key else None
+        limit = self.limits.get(topic)
+        size = len(value) + len(key_bytes or b"") + RECORD_OVERHEAD_BYTES
+        if limit is not None and size > limit:
+            # refused here, not by the broker: an idempotent kafka-python producer turns a broker's refusal into a
+            # fatal error that fails every later send
+            error = f"the record would be about {size} bytes; topic {topic} takes at most {limit} (max.message.bytes)"
+            self._refused.append(RefusedSend(ref, error))
+            return
+        self._sent.append((self.producer.send(topic, key=key_bytes, value=value), ref))
 
     def send_scored(self, topic: str, doc: EncodedDoc) -> None:
-        self.send(topic, doc.doc.id, doc.body)
+        self.send(topic, doc.doc.id, doc.body, ref=doc)
 
     def send_dead(self, topic: str, letter: DeadLetter) -> None:
         key = letter.key or f"{letter.source_topic}-{letter.source_partition}-{letter.source_offset}"
-        self.send(topic, key, letter.model_dump_json().encode("utf-8"))
+        self.send(topic, key, fit_dead_letter(letter, self.dead_letter_max_bytes), ref=letter)
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Block until every send since the last flush is acknowledged; raise SinkUnavailableError otherwise."""
-        futures, self._futures = self._futures, []
+    def flush(self, timeout_s: float = 30.0) -> list[RefusedSend]:
+        """Block until every send since the last flush is answered. Return the records refused for what they are
+        (larger than their topic takes, found before sending); raise SinkUnavailableError if any send failed. A
+        record the broker itself refused (its limit was lowered after it was read) fails the idempotent producer
+        for good: a new one is started before raising, and the retried batch meets the limit read again."""
+        from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
+
+        sent, self._sent = self._sent, []
+        refused, self._refused = self._refused, []
         try:
             self.producer.flush(timeout=timeout_s)
         except Exception as exc:  # kafka-python raises KafkaTimeoutError and friends
             raise SinkUnavailableError(f"kafka flush failed: {exc}") from exc
-        failed = [f for f in futures if not f.succeeded()]
+        failed = [future.exception for future, _ in sent if not future.succeeded()]
         if failed:
-            raise SinkUnavailableError(f"{len(failed)} kafka sends failed: {failed[0].exception}")
+            refusals = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+            if any(isinstance(e, refusals) for e in failed):
+                # the broker refused a record the size check let through (a limit lowered since it was read): the
+                # idempotent producer is now failed for good, so start a new one; the caller retries the batch
+                self._restart_producer()
+            raise SinkUnavailableError(f"{len(failed)} kafka sends failed: {failed[0]}")
+        return refused
+
+    def _restart_producer(self) -> None:
+        from kafka import KafkaProducer
+
+        log.warning("kafka producer failed for good; starting a new one")
+        try:
+            self.producer.close(timeout=1)
+        except Exception as exc:  # a failed producer may not close cleanly; it is dropped either way
+            log.debug("closing the failed producer: %s", exc)
+        self.producer = KafkaProducer(**self._config)
+        if self.on_restart is not None:
+            self.on_restart(self)
 
     def close(self) -> None:
         try:

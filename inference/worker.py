@@ -55,7 +55,7 @@ from inference.engine import DocScore, Engine
 from inference.hotswap import ChampionLookup, ModelWatcher, load_engine, load_path_engine, registry_lookup
 from inference.metrics import WorkerMetrics
 from inference.settings import WorkerSettings
-from inference.sinks import EncodedDoc, EsBulkSink, KafkaOut
+from inference.sinks import EncodedDoc, EsBulkSink, KafkaOut, RefusedSend, SinkUnavailableError
 from inference.stage import WriteStage
 from riskstream.kafka_client import rescue_stranded_join
 from schemas.records import DeadLetter, RawDocument, ScoredDocument
@@ -248,8 +248,21 @@ class Worker:
             if self._stop.wait(0.5):
                 break
         self.consumer.subscribe([self.settings.topic_raw], listener=Listener())
-        self.out = KafkaOut(client_options(self.settings))
+        self.out = KafkaOut(client_options(self.settings), dead_letter_max_bytes=self.settings.dead_letter_max_bytes)
+        self.out.on_restart = self._read_topic_limits
+        self._read_topic_limits(self.out)
         self.sink = WriteStage(self._write, backoff_s=self._backoff_s)
+
+    def _read_topic_limits(self, out: KafkaOut) -> None:
+        """The output topics' max.message.bytes, so a record too large for its topic is found before it is sent."""
+        from schemas.topics import max_message_bytes
+
+        try:
+            out.set_limits(max_message_bytes(self.settings, [self.settings.topic_scored, self.settings.topic_dlq]))
+        except Exception as exc:  # e.g. no DescribeConfigs permission: the broker's refusal is still handled
+            log.warning("cannot read the output topics' max.message.bytes (%s); records are not checked", exc)
+        else:
+            log.info("output topics take records of at most %s bytes", out.limits)
 
     def run(self) -> None:
         self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
@@ -414,7 +427,6 @@ class Worker:
         """Steps 3-4 for one scored batch, on the write stage's thread. Raises SinkUnavailableError on a failure
         that may heal; the stage then retries the batch (ES is skipped if it already took the batch)."""
         assert self.out is not None
-        settings = self.settings
         batch.attempts += 1
         # 3. Elasticsearch (skipped on a retry after ES already took it and only the produce failed)
         t_es = time.perf_counter()
@@ -434,13 +446,48 @@ class Worker:
             batch.written = True
         # 4. Kafka: scored documents and dead letters, then flush (raises if any send failed)
         t_kafka = time.perf_counter()
+        self._produce(batch)
+        batch.es_s = t_kafka - t_es
+        batch.kafka_s = time.perf_counter() - t_kafka
+
+    def _produce(self, batch: ScoredBatch) -> None:
+        """Step 4. A scored document the scored topic refuses for good (larger than its max.message.bytes) is
+        already in Elasticsearch; it becomes a ``kafka_rejected`` dead letter instead of stalling the batch."""
+        assert self.out is not None
+        settings = self.settings
         for doc, _ in batch.docs:
             self.out.send_scored(settings.topic_scored, doc)
         for letter in batch.dead:
             self.out.send_dead(settings.topic_dlq, letter)
-        self.out.flush()
-        batch.es_s = t_kafka - t_es
-        batch.kafka_s = time.perf_counter() - t_kafka
+        refused = self.out.flush()
+        if not refused:
+            return
+        self._raise_if_dead_letters_refused(refused)
+        by_ref = {id(r.ref): r for r in refused}
+        kept: list[tuple[EncodedDoc, Source]] = []
+        letters: list[DeadLetter] = []
+        for doc, source in batch.docs:
+            refusal = by_ref.get(id(doc))
+            if refusal is None:
+                kept.append((doc, source))
+                continue
+            log.warning("topic %s refused document %s: %s", settings.topic_scored, doc.doc.id, refusal.error)
+            error = f"searchable in Elasticsearch, but {settings.topic_scored} refused it: {refusal.error}"
+            letters.append(dead_letter(source, "kafka_rejected", error))
+            self.metrics.failures.labels(reason="kafka_rejected").inc()
+        batch.docs = kept
+        batch.dead.extend(letters)
+        for letter in letters:
+            self.out.send_dead(settings.topic_dlq, letter)
+        self._raise_if_dead_letters_refused(self.out.flush())
+
+    def _raise_if_dead_letters_refused(self, refused: list[RefusedSend]) -> None:
+        letters = [r for r in refused if isinstance(r.ref, DeadLetter)]
+        if letters:  # nothing is dropped: the batch stays uncommitted and is retried until an operator acts
+            raise SinkUnavailableError(
+                f"topic {self.settings.topic_dlq} refused {len(letters)} dead letters ({letters[0].error}); "
+                f"set --dead-letter-max-bytes under its max.message.bytes"
+            )
 
     def _commit_done(self) -> None:
         """Step 5 for every batch the write stage finished, in the order they were written."""

@@ -158,6 +158,12 @@ class DeadLetter(_Record):
     key: str | None = None
     payload: str | None = Field(default=None, description="The original payload, UTF-8 (when it decodes).")
     payload_b64: str | None = Field(default=None, description="The original payload, base64 (when it does not).")
+    payload_truncated: bool = Field(
+        default=False,
+        description="The payload was cut to fit the dead-letter topic; the whole message stays at source_topic / "
+        "source_partition / source_offset for the topic's retention.",
+    )
+    payload_size: int | None = Field(default=None, description="Length of the original payload, when truncated.")
     failed_at: datetime = Field(default_factory=utcnow)
 
 

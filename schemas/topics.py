@@ -141,3 +141,28 @@ def ensure_configured(settings: TopicSettings, names: Iterable[str]) -> list[Top
         replication=settings.kafka_topic_replication,
         security=security_options(settings),
     )
+
+
+def max_message_bytes(settings: KafkaConnection, names: Iterable[str], timeout_s: float = 30.0) -> dict[str, int]:
+    """Each topic's effective ``max.message.bytes`` (its own setting, else the broker's ``message.max.bytes``): the
+    largest record batch the broker takes for it. A producer that checks its records against it never sends one
+    the broker refuses, which an idempotent kafka-python producer treats as fatal for every send after it."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    wanted = list(dict.fromkeys(n for n in names if n))
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        client_id="riskstream-topics",
+        request_timeout_ms=int(timeout_s * 1000),
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        **security_options(settings),
+    )
+    try:
+        response = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n, configs=["max.message.bytes"]) for n in wanted],
+            config_filter="all",
+        )
+    finally:
+        admin.close()
+    topics = response.get("topic", {})
+    return {n: int(topics[n]["max.message.bytes"]["value"]) for n in wanted if "max.message.bytes" in topics.get(n, {})}

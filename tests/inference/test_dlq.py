@@ -6,7 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime
 
-from inference.dlq import Source, parse
+from inference.dlq import Source, dead_letter, parse
 from schemas.records import DeadLetter, RawDocument
 
 TS = 1_763_800_000_000  # 2025-11-22
@@ -77,3 +77,26 @@ def test_blank_text_is_empty_text() -> None:
 def test_json_that_is_not_an_object_and_null_values() -> None:
     assert _reason(b"[1, 2]").reason == "schema_violation"
     assert _reason(None).reason == "invalid_json"
+
+
+def test_a_dead_letter_too_large_for_its_topic_keeps_the_start_of_its_payload() -> None:
+    from inference.sinks import fit_dead_letter
+
+    big = json.dumps({"id": "big", "channel": "news", "text": 'say "hi" ' * 150_000}).encode()  # 1.35 MB, quotes
+    letter = dead_letter(src(big), "schema_violation", "text: too long")
+    body = fit_dead_letter(letter, 900_000)
+    assert len(body) <= 900_000
+    cut = DeadLetter.model_validate_json(body)
+    assert cut.payload_truncated and cut.payload_size == len(big)
+    assert cut.payload and len(cut.payload) > 800_000 * 0.8  # most of what fits, not a token prefix
+    assert big.decode().startswith(cut.payload)
+    assert (cut.reason, cut.source_offset, cut.key) == ("schema_violation", 5, "k1")  # where the whole one is
+    # undecodable bytes travel as base64, cut the same way
+    raw = b"\xff" * 1_000_000
+    letter64 = dead_letter(src(raw), "undecodable_bytes", "not UTF-8")
+    cut64 = DeadLetter.model_validate_json(fit_dead_letter(letter64, 500_000))
+    assert cut64.payload_truncated and cut64.payload_b64 and len(cut64.payload_b64) > 400_000
+    # a letter that fits is sent as it is
+    small = dead_letter(src(b"{oops"), "invalid_json", "payload is not JSON")
+    assert fit_dead_letter(small, 900_000) == small.model_dump_json().encode()
+    assert not DeadLetter.model_validate_json(fit_dead_letter(small, 900_000)).payload_truncated

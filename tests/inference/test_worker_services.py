@@ -382,6 +382,49 @@ def test_two_workers_in_one_group_share_the_partitions(
     assert sorted(d["_id"] for d in docs) == sorted(f"shared-{i}" for i in range(60))
 
 
+def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the_stream_goes_on(
+    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    produce(worker_settings, good_docs("before", 6))
+    run = start_worker(engine=engine_v1)
+    wait_until(lambda: es_count(worker_settings) >= 6, 240, "6 documents in ES")
+    # the operator lowers the scored topic's limit to 4 KiB after the worker read it: the raw topic (1 MiB) takes a
+    # 3.5 KB document whose scored form (labels, probabilities, coordinates) is larger. The broker refuses it, which
+    # fails kafka-python's idempotent producer for good; the worker starts a new one, reads the limits again, and
+    # turns the document into a dead letter on the retry
+    admin = KafkaAdminClient(bootstrap_servers=worker_settings.kafka_bootstrap.split(","))
+    admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, worker_settings.topic_scored, configs={"max.message.bytes": "4096"})]
+    )
+    admin.close()
+    large = {"id": "large", "channel": "news", "source": "test", "text": "Shares fell sharply. " * 170}
+    produce(worker_settings, [("large", json.dumps(large).encode()), *good_docs("after", 6)])
+    wait_until(lambda: es_count(worker_settings) >= 13, 240, "13 documents in ES")
+    dlq: list[dict[str, Any]] = []
+
+    def one_dead_letter() -> bool:
+        dlq[:] = read_topic(worker_settings, worker_settings.topic_dlq, 2)
+        return len(dlq) >= 1
+
+    wait_until(one_dead_letter, 60, "a dead letter")
+    # and the stream goes on after it
+    produce(worker_settings, good_docs("later", 4))
+    wait_until(lambda: es_count(worker_settings) >= 17, 120, "17 documents in ES")
+    run.stop()
+    assert run.error is None
+    (letter,) = dlq
+    assert (letter["key"], letter["reason"]) == ("large", "kafka_rejected")
+    assert "max.message.bytes" in letter["error"] and json.loads(letter["payload"]) == large
+    scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
+    wanted = {f"{p}-{i}" for p in ("before", "after") for i in range(6)} | {f"later-{i}" for i in range(4)}
+    assert {s["id"] for s in scored} == wanted  # at least once: a retried batch may have produced some twice
+    assert "large" in {d["_id"] for d in es_docs(worker_settings)}  # searchable: only the scored topic refused it
+    metric = run.worker.metrics.registry.get_sample_value
+    assert metric("riskstream_worker_failures_total", {"reason": "kafka_rejected"}) == 1.0
+
+
 def test_a_backlog_is_scored_in_full_micro_batches_not_one_per_poll(
     worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
 ) -> None:
