@@ -7,10 +7,10 @@ the writer thread's Python time per document, time it takes the interpreter lock
 Both follow the same small protocol: ``write``/``add`` a batch, ``flush``; a failure that may heal (ES down, 429,
 5xx, broker unreachable) raises :class:`SinkUnavailableError`, and the worker keeps the batch, pauses and retries.
 A document Elasticsearch refuses for good (a mapping rejection) is returned, not raised: it becomes a dead letter.
-So is a record the broker refuses for what it is (larger than the topic's ``max.message.bytes``); dead letters are
-cut to fit their topic first (:func:`fit_dead_letter`).
 So is one for which it refuses a whole bulk request (400: a request that fails validation, e.g. an over-long
 ``_id``; 413: too large): the request is halved until the refused documents stand alone, and the others go in.
+So is a record larger than its Kafka topic takes (``max.message.bytes``), found before it is sent; dead letters are
+cut to fit their topic first (:func:`fit_dead_letter`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def fit_dead_letter(letter: DeadLetter, max_bytes: int) -> bytes:
 
 @dataclass(frozen=True)
 class RefusedSend:
-    """A record the broker refused for what it is (too large for the topic, invalid): sending it again cannot help."""
+    """A record its topic does not take (larger than its ``max.message.bytes``): sending it again cannot help."""
 
     ref: Any  # what the caller sent (an EncodedDoc or a DeadLetter)
     error: str
@@ -259,8 +259,12 @@ class KafkaOut:
         self.send(topic, doc.doc.id, doc.body, ref=doc)
 
     def send_dead(self, topic: str, letter: DeadLetter) -> None:
+        """A dead letter, cut to ``dead_letter_max_bytes`` or to what its topic takes, whichever is smaller."""
         key = letter.key or f"{letter.source_topic}-{letter.source_partition}-{letter.source_offset}"
-        self.send(topic, key, fit_dead_letter(letter, self.dead_letter_max_bytes), ref=letter)
+        room = self.dead_letter_max_bytes
+        if topic in self.limits:
+            room = min(room, self.limits[topic] - RECORD_OVERHEAD_BYTES - len(key.encode("utf-8")))
+        self.send(topic, key, fit_dead_letter(letter, max(room, 1024)), ref=letter)
 
     def flush(self, timeout_s: float = 30.0) -> list[RefusedSend]:
         """Block until every send since the last flush is answered. Return the records refused for what they are

@@ -93,6 +93,22 @@ def es_count(settings: CommonSettings) -> int:
     return len(es_docs(settings))
 
 
+def read_raw(settings: CommonSettings, timeout_s: float = 3.0) -> list[Any]:
+    """Every record of the raw topic, as kafka-python ConsumerRecords (offset, key, value)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topic_raw,
+        bootstrap_servers=settings.kafka_bootstrap.split(","),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    out = list(consumer)
+    consumer.close()
+    return out
+
+
 def read_topic(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
     from kafka import KafkaConsumer
 

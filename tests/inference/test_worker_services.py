@@ -32,6 +32,7 @@ from tests.inference.helpers import (
     es_docs,
     good_docs,
     produce,
+    read_raw,
     read_topic,
     register,
     wait_until,
@@ -393,10 +394,14 @@ def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the
     # the operator lowers the scored topic's limit to 4 KiB after the worker read it: the raw topic (1 MiB) takes a
     # 3.5 KB document whose scored form (labels, probabilities, coordinates) is larger. The broker refuses it, which
     # fails kafka-python's idempotent producer for good; the worker starts a new one, reads the limits again, and
-    # turns the document into a dead letter on the retry
+    # turns the document into a dead letter on the retry. The dead-letter topic takes only 3,000 bytes: the letter is
+    # cut to fit, and says so
     admin = KafkaAdminClient(bootstrap_servers=worker_settings.kafka_bootstrap.split(","))
     admin.alter_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, worker_settings.topic_scored, configs={"max.message.bytes": "4096"})]
+        [
+            ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": limit})
+            for topic, limit in ((worker_settings.topic_scored, "4096"), (worker_settings.topic_dlq, "3000"))
+        ]
     )
     admin.close()
     large = {"id": "large", "channel": "news", "source": "test", "text": "Shares fell sharply. " * 170}
@@ -416,7 +421,12 @@ def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the
     assert run.error is None
     (letter,) = dlq
     assert (letter["key"], letter["reason"]) == ("large", "kafka_rejected")
-    assert "max.message.bytes" in letter["error"] and json.loads(letter["payload"]) == large
+    assert "max.message.bytes" in letter["error"]
+    raw = json.dumps(large)
+    assert letter["payload_truncated"] and letter["payload_size"] == len(raw) and raw.startswith(letter["payload"])
+    # the whole message is where the letter says
+    (original,) = [m for m in read_raw(worker_settings) if m.offset == letter["source_offset"] and m.key == b"large"]
+    assert json.loads(original.value) == large
     scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
     wanted = {f"{p}-{i}" for p in ("before", "after") for i in range(6)} | {f"later-{i}" for i in range(4)}
     assert {s["id"] for s in scored} == wanted  # at least once: a retried batch may have produced some twice
