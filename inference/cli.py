@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from inference.settings import EngineSettings, WorkerSettings
-from riskstream.cliutil import echo_json, with_settings
+from riskstream.cliutil import echo_json, end_without_teardown, with_settings
 
 
 @click.command("worker")
@@ -114,3 +114,5 @@ def score(input_path: Path, output_path: Path, channel: str | None, as_json: boo
             f"scored {summary['documents']} documents with {summary['model_version']} -> {output_path} "
             f"({summary['docs_per_s']} docs/s)"
         )
+    # the output file is closed and renamed into place, the summary printed: nothing is left to finish at exit
+    end_without_teardown()

@@ -67,10 +67,31 @@ def run() -> None:
     of thousands of objects. Measured on a 2-core CPU, `riskstream score` on 2,000 documents, alternating: median
     5.52 s wall without and 5.21 s with it (five runs each). Nothing is skipped but the collection: files and
     handlers close as usual. In-process callers (tests, ``CliRunner``) use :func:`main` and keep their collector.
+
+    A command that asked for it (:func:`riskstream.cliutil.end_without_teardown`: ``score``) and succeeded ends
+    the process at once after the standard streams and logging handlers are flushed, skipping the interpreter's
+    finalisation (0.19 s of a `score` run with torch loaded).
     """
     import gc
 
     try:
         main()
+    except SystemExit as exc:
+        from riskstream.cliutil import teardown_skip_requested
+
+        if exc.code in (0, None) and teardown_skip_requested():
+            _end_now()
+        raise
     finally:
         gc.freeze()
+
+
+def _end_now() -> None:
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
