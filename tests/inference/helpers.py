@@ -93,6 +93,18 @@ def es_count(settings: CommonSettings) -> int:
     return len(es_docs(settings))
 
 
+def wait_for_records(settings: CommonSettings, topic: str, n: int, timeout_s: float) -> list[dict[str, Any]]:
+    """The records of ``topic`` once it holds at least ``n`` (read again until then, for at most ``timeout_s``)."""
+    records: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        records[:] = read_topic(settings, topic, 2)
+        return len(records) >= n
+
+    wait_until(enough, timeout_s, f"{n} records on {topic}")
+    return records
+
+
 def read_raw(settings: CommonSettings, timeout_s: float = 3.0) -> list[Any]:
     """Every record of the raw topic, as kafka-python ConsumerRecords (offset, key, value)."""
     from kafka import KafkaConsumer

@@ -35,6 +35,7 @@ from tests.inference.helpers import (
     read_raw,
     read_topic,
     register,
+    wait_for_records,
     wait_until,
 )
 
@@ -117,13 +118,7 @@ def test_good_documents_land_once_and_poison_goes_to_the_dlq(
     produce(worker_settings, good[:12] + poison + [(None, json.dumps(no_id).encode())] + good[12:])
     run = start_worker(engine=None)
     wait_until(lambda: es_count(worker_settings) >= 25, 240, "25 documents in ES")
-    dlq: list[dict[str, Any]] = []
-
-    def six_dead_letters() -> bool:
-        dlq[:] = read_topic(worker_settings, worker_settings.topic_dlq, 2)
-        return len(dlq) >= 6
-
-    wait_until(six_dead_letters, 60, "6 dead letters")
+    dlq = wait_for_records(worker_settings, worker_settings.topic_dlq, 6, 60)
     run.stop()
 
     docs = es_docs(worker_settings)
@@ -407,13 +402,7 @@ def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the
     large = {"id": "large", "channel": "news", "source": "test", "text": "Shares fell sharply. " * 170}
     produce(worker_settings, [("large", json.dumps(large).encode()), *good_docs("after", 6)])
     wait_until(lambda: es_count(worker_settings) >= 13, 240, "13 documents in ES")
-    dlq: list[dict[str, Any]] = []
-
-    def one_dead_letter() -> bool:
-        dlq[:] = read_topic(worker_settings, worker_settings.topic_dlq, 2)
-        return len(dlq) >= 1
-
-    wait_until(one_dead_letter, 60, "a dead letter")
+    dlq = wait_for_records(worker_settings, worker_settings.topic_dlq, 1, 60)
     # and the stream goes on after it
     produce(worker_settings, good_docs("later", 4))
     wait_until(lambda: es_count(worker_settings) >= 17, 120, "17 documents in ES")
