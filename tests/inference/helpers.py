@@ -105,12 +105,12 @@ def wait_for_records(settings: CommonSettings, topic: str, n: int, timeout_s: fl
     return records
 
 
-def read_raw(settings: CommonSettings, timeout_s: float = 3.0) -> list[Any]:
-    """Every record of the raw topic, as kafka-python ConsumerRecords (offset, key, value)."""
+def read_records(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> list[Any]:
+    """Every record of ``topic`` from the start, as kafka-python ConsumerRecords (offset, key, value)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        settings.topic_raw,
+        topic,
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -122,18 +122,8 @@ def read_raw(settings: CommonSettings, timeout_s: float = 3.0) -> list[Any]:
 
 
 def read_topic(settings: CommonSettings, topic: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap.split(","),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    out = [json.loads(r.value) for r in consumer]
-    consumer.close()
-    return out
+    """Every record of ``topic`` from the start, its JSON value parsed."""
+    return [json.loads(r.value) for r in read_records(settings, topic, timeout_s)]
 
 
 def committed_ids(settings: CommonSettings, group_id: str, timeout_s: float = 30.0) -> set[str]:

@@ -32,7 +32,7 @@ from tests.inference.helpers import (
     es_docs,
     good_docs,
     produce,
-    read_raw,
+    read_records,
     read_topic,
     register,
     wait_for_records,
@@ -414,7 +414,8 @@ def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the
     raw = json.dumps(large)
     assert letter["payload_truncated"] and letter["payload_size"] == len(raw) and raw.startswith(letter["payload"])
     # the whole message is where the letter says
-    (original,) = [m for m in read_raw(worker_settings) if m.offset == letter["source_offset"] and m.key == b"large"]
+    raw_records = read_records(worker_settings, worker_settings.topic_raw, 3)
+    (original,) = [m for m in raw_records if m.offset == letter["source_offset"] and m.key == b"large"]
     assert json.loads(original.value) == large
     scored = read_topic(worker_settings, worker_settings.topic_scored, 3)
     wanted = {f"{p}-{i}" for p in ("before", "after") for i in range(6)} | {f"later-{i}" for i in range(4)}
