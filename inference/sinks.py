@@ -25,7 +25,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from inference.metrics import WorkerMetrics
 from schemas.es import index_for
-from schemas.records import DeadLetter, ScoredDocument
+from schemas.records import DeadLetter, ScoredDocument, fit_dead_letter
+from schemas.topics import RECORD_OVERHEAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,6 @@ def _error_detail(body: Any, fallback: str) -> str:
     return str(error) if error else fallback
 
 
-# a record batch of one record: the batch header (61 bytes) and the record's own framing (lengths, varints)
-RECORD_OVERHEAD_BYTES = 128
-
 # what a bulk response needs to carry: whether anything failed, and each item's status and error (not the
 # _index/_id/_version/_shards/_seq_no of every document, which Elasticsearch would build and the worker parse)
 BULK_FILTER_PATH = "errors,items.*.status,items.*.error"
@@ -75,27 +73,6 @@ class EncodedDoc:
     @classmethod
     def of(cls, doc: ScoredDocument) -> EncodedDoc:
         return cls(doc, doc.model_dump_json(exclude_none=True).encode("utf-8"))
-
-
-def fit_dead_letter(letter: DeadLetter, max_bytes: int) -> bytes:
-    """The dead letter's JSON, at most ``max_bytes`` long: a letter that would be longer (a message near the
-    broker's size limit, with the error and coordinates added) keeps the start of its payload and says so
-    (``payload_truncated``, ``payload_size``). A dead letter the topic refuses would stall its batch for good."""
-    body = letter.model_dump_json().encode("utf-8")
-    if len(body) <= max_bytes:
-        return body
-    field_name = "payload" if letter.payload is not None else "payload_b64"
-    original: str = getattr(letter, field_name) or ""
-    keep = len(original)
-    while True:
-        # shrink in proportion to the excess (escaping makes characters and bytes differ), then check
-        keep = max(0, min(keep - 1, keep * max_bytes // len(body) - 64))
-        cut = letter.model_copy(
-            update={field_name: original[:keep], "payload_truncated": True, "payload_size": len(original)}
-        )
-        body = cut.model_dump_json().encode("utf-8")
-        if len(body) <= max_bytes or keep == 0:
-            return body
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import click
 
 from ingest.pipeline import Ingestor
-from ingest.publisher import KafkaPublisher, encode
+from ingest.publisher import KafkaPublisher, TooLarge, encode
 from ingest.replay import replay, replay_documents
 from ingest.settings import IngestSettings
 from riskstream.cliutil import echo_json, with_settings
@@ -40,9 +40,10 @@ class _EncodeOnlySink:
     def __init__(self) -> None:
         self.bytes = 0
 
-    def publish(self, docs: Sequence[RawDocument]) -> None:
+    def publish(self, docs: Sequence[RawDocument]) -> list[TooLarge]:
         for doc in docs:
             self.bytes += len(encode(doc))
+        return []
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         return None

@@ -5,7 +5,9 @@ every document of it was acknowledged by Kafka and every bad line went to the de
 mid-file means the file is read again (ids are stable: a row's own id, else the file digest and line). A file
 modified in the last ``files_settle_s`` seconds is left for the next scan (it may still be being written).
 Bad lines (invalid JSON, missing or empty text, wrong types) are counted and sent to the DLQ as
-``DeadLetter(stage="ingest")``, their payload PII-redacted like the documents (the DLQ is Kafka too).
+``DeadLetter(stage="ingest")``, their payload PII-redacted like the documents (the DLQ is Kafka too). So is a row
+whose document is larger than the raw topic takes (``too_large``, sent by the pipeline): it counts as a bad line,
+and the file is recorded, not read again on every scan.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class DirectoryWatcher:
             return
         docs: list[RawDocument] = []
         dead: list[DeadLetter] = []
-        published = duplicates = 0
+        published = duplicates = too_large = 0
         for lineno, raw, row, parse_error in _records(path, data):
             error = parse_error
             if row is not None:
@@ -175,21 +177,24 @@ class DirectoryWatcher:
                 result = self.ingestor.ingest(docs)
                 published += len(result.published)
                 duplicates += len(result.duplicates)
+                too_large += len(result.rejected)  # dead-lettered by the pipeline (larger than the topic takes)
                 docs = []
         if docs:
             result = self.ingestor.ingest(docs)
             published += len(result.published)
             duplicates += len(result.duplicates)
+            too_large += len(result.rejected)
         if dead:
             self.ingestor.sink.dead_letter(dead)
             log.warning("%s: %d bad line(s) sent to the dead-letter topic", path.name, len(dead))
-        self._record(path, digest, len(data), published, len(dead))
+        bad = len(dead) + too_large
+        self._record(path, digest, len(data), published, bad)
         stats.files += 1
         stats.documents += published
         stats.duplicates += duplicates
-        stats.bad_lines += len(dead)
-        stats.per_file[path.name] = {"documents": published, "duplicates": duplicates, "bad_lines": len(dead)}
-        log.info("%s: %d published, %d duplicates, %d bad lines", path.name, published, duplicates, len(dead))
+        stats.bad_lines += bad
+        stats.per_file[path.name] = {"documents": published, "duplicates": duplicates, "bad_lines": bad}
+        log.info("%s: %d published, %d duplicates, %d bad lines", path.name, published, duplicates, bad)
 
     def scan(self, *, keep_going: bool = False) -> FileStats:
         """Process every new file. With ``keep_going`` a file whose documents were not acknowledged is logged

@@ -6,7 +6,9 @@ Order matters and is written down here once:
 2. enrich: ``ingested_at``, language, entities (on the redacted text);
 3. deduplicate: drop re-delivered ids and exact duplicates, link near-duplicates to their story;
 4. publish and wait for the broker's acknowledgement of every record;
-5. only then commit the dedupe state (a document that never reached Kafka is not remembered as seen).
+5. only then commit the dedupe state (a document that never reached Kafka is not remembered as seen);
+6. a document too large for the raw topic (found before sending) becomes a ``too_large`` dead letter, and is not
+   remembered as seen either.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from typing import Any
 from ingest.dedupe import Deduper
 from ingest.normalize import EntityTagger, LanguageDetector
 from ingest.pii import Redactor
-from ingest.publisher import AsyncSink, Delivery, Done, Sink
+from ingest.publisher import AsyncSink, Delivery, Done, Sink, TooLarge, encode
 from ingest.settings import IngestSettings
 from riskstream.db import Database
-from schemas.records import RawDocument, utcnow
+from schemas.records import DeadLetter, RawDocument, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class IngestResult:
     published: list[RawDocument] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # ids dropped (exact duplicate or already seen)
     copies: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # id -> why it was dead-lettered (too large)
 
     @property
     def ids(self) -> list[str]:
@@ -113,7 +116,13 @@ class Ingestor:
                 retention=timedelta(days=settings.dedupe_retention_days),
             )
         self.deduper = deduper
-        self.totals: dict[str, int] = {"published": 0, "duplicates": 0, "copies": 0, "redacted_docs": 0}
+        self.totals: dict[str, int] = {
+            "published": 0,
+            "duplicates": 0,
+            "copies": 0,
+            "redacted_docs": 0,
+            "too_large": 0,
+        }
         self._pool: ProcessPoolExecutor | None = None
         if settings.prepare_workers > 1:
             # spawn, not fork: the parent holds a Kafka producer's threads and sockets
@@ -148,11 +157,11 @@ class Ingestor:
         """
         result, ready = self._assess(docs)
         try:
-            self.sink.publish(ready)
+            too_large = self.sink.publish(ready)
         except Exception:
             self._settle(result, ready, ok=False)
             raise
-        self._settle(result, ready, ok=True)
+        self._settle(result, ready, ok=True, too_large=too_large)
         return result
 
     def submit(self, docs: Sequence[RawDocument]) -> PendingIngest:
@@ -163,12 +172,10 @@ class Ingestor:
         call ``wait()`` on every pending ingest (a sink without a background sender publishes synchronously here).
         """
         result, ready = self._assess(docs)
-        delivery: Delivery = Done()
+        delivery: Delivery
         try:
-            if isinstance(self.sink, AsyncSink):
-                delivery = self.sink.send(ready)
-            else:
-                self.sink.publish(ready)
+            # a sink without a background sender publishes (and is answered) here
+            delivery = self.sink.send(ready) if isinstance(self.sink, AsyncSink) else Done(self.sink.publish(ready))
         except Exception as exc:
             self._settle(result, ready, ok=False)
             return PendingIngest(self, result, ready, Done(), error=exc)
@@ -194,18 +201,48 @@ class Ingestor:
             ready.append(prepared)
         return result, ready
 
-    def _settle(self, result: IngestResult, ready: list[RawDocument], *, ok: bool) -> None:
-        """After the broker's answer: remember what was acknowledged, or release the reservations."""
+    def _settle(
+        self, result: IngestResult, ready: list[RawDocument], *, ok: bool, too_large: Sequence[TooLarge] = ()
+    ) -> None:
+        """After the broker's answer: remember what was acknowledged, or release the reservations. Documents the
+        sink did not send for their size are dead-lettered (and not remembered: they never reached the topic); a
+        failure to dead-letter them raises :class:`ingest.publisher.PublishError` like a failed publish, after the
+        acknowledged ones were remembered (a retry finds those already seen)."""
         if not ok:
             if self.deduper is not None:
                 self.deduper.release([d.id for d in ready])
             return
+        refused = {t.index: t for t in too_large}
+        sent = [d for i, d in enumerate(ready) if i not in refused] if refused else ready
         if self.deduper is not None:
-            self.deduper.commit([d.id for d in ready])
-        result.published = ready
-        self.totals["published"] += len(ready)
+            self.deduper.commit([d.id for d in sent])
+        result.published = sent
+        self.totals["published"] += len(sent)
         self.totals["duplicates"] += len(result.duplicates)
         self.totals["copies"] += result.copies
+        if refused:
+            self._dead_letter_too_large(result, [(ready[i], t) for i, t in sorted(refused.items())])
+
+    def _dead_letter_too_large(self, result: IngestResult, refused: list[tuple[RawDocument, TooLarge]]) -> None:
+        letters = [
+            DeadLetter(
+                reason="too_large",
+                error=f"too_large: {t.error} (max.message.bytes, or --max-record-bytes)",
+                stage="ingest",
+                key=doc.id,
+                payload=encode(doc).decode("utf-8"),  # prepared: personal data already redacted
+            )
+            for doc, t in refused
+        ]
+        try:
+            self.sink.dead_letter(letters)
+        finally:
+            if self.deduper is not None:
+                self.deduper.release([doc.id for doc, _ in refused])
+        for doc, t in refused:
+            result.rejected[doc.id] = f"too_large: {t.error}"
+            log.warning("document %s not published: %s; sent to the dead-letter topic", doc.id, t.error)
+        self.totals["too_large"] += len(refused)
 
 
 class PendingIngest:
@@ -234,12 +271,12 @@ class PendingIngest:
             raise self._error
         if not self._settled:
             try:
-                self._delivery.wait()
+                too_large = self._delivery.wait()
             except Exception as exc:
                 self._error = exc
                 self._settled = True
                 self._ingestor._settle(self._result, self._ready, ok=False)
                 raise
             self._settled = True
-            self._ingestor._settle(self._result, self._ready, ok=True)
+            self._ingestor._settle(self._result, self._ready, ok=True, too_large=too_large)
         return self._result

@@ -6,6 +6,12 @@ batch, flushes, and checks every record's future: it returns only when the broke
 raises :class:`PublishError` naming the ids that were not, so a caller can answer 5xx or retry, never drop.
 :meth:`send` is the same without the wait: it returns a :class:`KafkaDelivery` whose ``wait()`` does the checking, so
 a caller (replay) can prepare the next batch while the broker acknowledges this one.
+
+A record its topic would not take (key + value + framing over the producer's ``max_request_size`` or the topic's
+``max.message.bytes``, read from the broker at start) is not sent: it comes back as :class:`TooLarge`, which the
+pipeline turns into a ``too_large`` dead letter. Sending it could never succeed, so a caller that retried it would
+retry for ever (a watched file read again on every scan, a push client answered 503), and a broker's refusal of
+it makes kafka-python 3's idempotent producer fail every later send. Dead letters are cut to fit their topic.
 """
 
 from __future__ import annotations
@@ -13,18 +19,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from kafka import KafkaProducer
 from kafka.codec import has_lz4, has_zstd
-from kafka.errors import KafkaError
+from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from ingest.settings import IngestSettings
 from riskstream.kafka_client import client_options
-from schemas.records import DeadLetter, RawDocument
+from schemas.records import DeadLetter, RawDocument, fit_dead_letter
+from schemas.topics import RECORD_OVERHEAD_BYTES, max_message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,25 @@ class PublishError(RuntimeError):
         super().__init__(f"{len(failed)} record(s) not acknowledged by Kafka (e.g. {first[0]}: {first[1]})")
 
 
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A record that was not sent because its topic would not take it: sending it again cannot help."""
+
+    index: int  # its position in the batch handed to the sink
+    key: str
+    size: int  # key + value + framing, bytes
+    limit: int
+    topic: str
+
+    @property
+    def error(self) -> str:
+        return f"the record would be about {self.size} bytes; topic {self.topic} takes at most {self.limit}"
+
+
 class Sink(Protocol):
     """What the ingest pipeline needs from a publisher (the Kafka one, or a list in unit tests)."""
 
-    def publish(self, docs: Sequence[RawDocument]) -> None: ...
+    def publish(self, docs: Sequence[RawDocument]) -> list[TooLarge]: ...
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
 
@@ -49,9 +72,10 @@ class Sink(Protocol):
 
 
 class Delivery(Protocol):
-    """Records handed to a producer; :meth:`wait` returns when all were acknowledged, else raises PublishError."""
+    """Records handed to a producer; :meth:`wait` returns when all were acknowledged, else raises PublishError.
+    It returns the records that were not sent because they are too large for their topic."""
 
-    def wait(self) -> None: ...
+    def wait(self) -> list[TooLarge]: ...
 
 
 @runtime_checkable
@@ -64,29 +88,49 @@ class AsyncSink(Sink, Protocol):
 class Done:
     """A delivery that already happened (sinks without a background sender)."""
 
-    def wait(self) -> None:
-        return None
+    def __init__(self, too_large: Sequence[TooLarge] = ()) -> None:
+        self._too_large = list(too_large)
+
+    def wait(self) -> list[TooLarge]:
+        return list(self._too_large)
 
 
 class KafkaDelivery:
     """The futures of one batch of records; :meth:`wait` checks every one of them (nothing is assumed sent)."""
 
-    def __init__(self, futures: list[tuple[str, Any]], failed: dict[str, str], timeout_s: float) -> None:
+    def __init__(
+        self,
+        futures: list[tuple[str, Any]],
+        failed: dict[str, str],
+        timeout_s: float,
+        too_large: list[TooLarge] | None = None,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self._futures = futures
         self._failed = failed
+        self._too_large = too_large or []
+        self._on_refused = on_refused
         # the producer fails a record itself after its delivery timeout (shorter than this): a bound, not a policy
         self._deadline = time.monotonic() + timeout_s
 
-    def wait(self) -> None:
-        """Block until the broker answered for every record (at most the publish timeout after sending)."""
+    def wait(self) -> list[TooLarge]:
+        """Block until the broker answered for every record (at most the publish timeout after sending); return
+        the records that were not sent for their size."""
         pending, self._futures = self._futures, []
+        refused = False
         for key, future in pending:
             try:
                 future.get(timeout=max(0.0, self._deadline - time.monotonic()))
+            except (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError) as exc:
+                refused = True  # the broker's refusal for size: the idempotent producer is failed for good
+                self._failed[key] = repr(exc)
             except KafkaError as exc:  # includes KafkaTimeoutError: not acknowledged within the timeout
                 self._failed[key] = repr(exc)
+        if refused and self._on_refused is not None:
+            self._on_refused()
         if self._failed:
             raise PublishError(dict(self._failed))
+        return list(self._too_large)
 
 
 def _compression(name: str) -> str | None:
@@ -166,7 +210,7 @@ class KafkaPublisher:
         self.dlq_topic = settings.topic_dlq
         self.timeout_s = settings.publish_timeout_s + 5.0  # waits outlive the producer's own delivery timeout
         delivery_ms = max(2_000 + settings.linger_ms, int(settings.publish_timeout_s * 1000))
-        self._producer = KafkaProducer(
+        self._config: dict[str, Any] = dict(
             **client_options(settings),
             client_id=client_id,
             acks="all",
@@ -179,11 +223,51 @@ class KafkaPublisher:
             # a record is acknowledged or failed within the publish timeout (the producer retries inside it)
             delivery_timeout_ms=delivery_ms,
             request_timeout_ms=max(1000, min(30_000, delivery_ms // 2 - settings.linger_ms)),
+            max_request_size=settings.max_record_bytes,
         )
+        self._settings = settings
+        self._producer = KafkaProducer(**self._config)
+        self.limits: dict[str, int] = {}
+        self.read_limits()
+
+    def read_limits(self) -> None:
+        """Each topic's largest record: the producer's ``max_request_size``, or the topic's ``max.message.bytes``
+        where that is smaller (read from the broker; without the DescribeConfigs permission only the former)."""
+        cap = self._settings.max_record_bytes
+        limits = {self.topic: cap, self.dlq_topic: cap}
+        try:
+            found = max_message_bytes(self._settings, list(limits))
+        except Exception as exc:  # e.g. no DescribeConfigs permission: the producer's own limit still holds
+            log.warning("cannot read the topics' max.message.bytes (%s); records are held to %d bytes", exc, cap)
+        else:
+            limits.update({t: min(cap, v) for t, v in found.items()})
+        self.limits = limits
+
+    def _restart(self) -> None:
+        """The broker refused a record for its size (a topic limit lowered since it was read): kafka-python's
+        idempotent producer fails every later send then, so start a new one and read the limits again."""
+        log.warning("the broker refused a record for its size; starting a new producer and reading the limits again")
+        old, self._producer = self._producer, KafkaProducer(**self._config)
+        try:
+            old.close(timeout=1)
+        except Exception as exc:  # a failed producer may not close cleanly; it is dropped either way
+            log.debug("closing the failed producer: %s", exc)
+        self.read_limits()
 
     def _send(self, topic: str, records: Sequence[tuple[str, bytes]]) -> KafkaDelivery:
         futures: list[tuple[str, Any]] = []
         failed: dict[str, str] = {}
+        limit = self.limits.get(topic, self._settings.max_record_bytes)
+        too_large: list[TooLarge] = []
+        fitting: list[tuple[str, bytes]] = []
+        for index, (key, value) in enumerate(records):
+            size = len(value) + len(key.encode("utf-8")) + RECORD_OVERHEAD_BYTES
+            if size > limit:
+                too_large.append(TooLarge(index, key, size, limit, topic))
+            else:
+                fitting.append((key, value))
+        if too_large:
+            records = fitting
         send = self._producer.send
         keys = [key.encode("utf-8") for key, _ in records]
         # the default partitioner's choice, computed for the whole batch at once (its per-record murmur2 is pure
@@ -200,31 +284,35 @@ class KafkaPublisher:
                 futures.append((key, send(topic, key=key_bytes, value=value, partition=partition)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
-        return KafkaDelivery(futures, failed, self.timeout_s)
+        return KafkaDelivery(futures, failed, self.timeout_s, too_large, self._restart)
 
-    def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> None:
+    def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> list[TooLarge]:
         delivery = self._send(topic, records)
         # send now (skip the linger); a flush timeout is not an answer: the futures name what was not acknowledged
         with contextlib.suppress(KafkaError):
             self._producer.flush(timeout=self.timeout_s)
-        delivery.wait()
+        return delivery.wait()
 
-    def publish(self, docs: Sequence[RawDocument]) -> None:
-        """Send and wait for the acknowledgement of every document (raises :class:`PublishError`)."""
-        if docs:
-            self._send_all(self.topic, [(d.id, encode(d)) for d in docs])
+    def publish(self, docs: Sequence[RawDocument]) -> list[TooLarge]:
+        """Send and wait for the acknowledgement of every document (raises :class:`PublishError`); return the
+        ones not sent because they are larger than the topic takes."""
+        return self._send_all(self.topic, [(d.id, encode(d)) for d in docs]) if docs else []
 
     def send(self, docs: Sequence[RawDocument]) -> KafkaDelivery:
         """Hand the documents to the producer's sender thread; ``.wait()`` on the result checks their acks."""
         return self._send(self.topic, [(d.id, encode(d)) for d in docs])
 
-    def publish_encoded(self, records: Sequence[tuple[str, bytes]]) -> None:
-        if records:
-            self._send_all(self.topic, records)
-
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        if letters:
-            self._send_all(self.dlq_topic, [(dl.key or "dead-letter", encode(dl)) for dl in letters])
+        """Send and wait for dead letters, each cut to fit the dead-letter topic (payload_truncated)."""
+        if not letters:
+            return
+        limit = self.limits.get(self.dlq_topic, self._settings.max_record_bytes)
+        records = []
+        for letter in letters:
+            key = letter.key or "dead-letter"
+            room = max(1024, limit - RECORD_OVERHEAD_BYTES - len(key.encode("utf-8")))
+            records.append((key, fit_dead_letter(letter, room, exclude_none=True)))
+        self._send_all(self.dlq_topic, records)
 
     def close(self) -> None:
         """Flush what is buffered and close (graceful shutdown)."""
@@ -241,12 +329,20 @@ class ListSink:
         self.docs: list[RawDocument] = []
         self.dead: list[DeadLetter] = []
         self.fail_next: int = 0
+        self.max_record_bytes: int | None = None  # set to refuse larger documents, as the Kafka topic would
 
-    def publish(self, docs: Sequence[RawDocument]) -> None:
+    def publish(self, docs: Sequence[RawDocument]) -> list[TooLarge]:
         if self.fail_next:
             self.fail_next -= 1
             raise PublishError({d.id: "simulated broker failure" for d in docs})
-        self.docs.extend(docs)
+        too_large: list[TooLarge] = []
+        for index, doc in enumerate(docs):
+            size = len(encode(doc)) + len(doc.id.encode("utf-8")) + RECORD_OVERHEAD_BYTES
+            if self.max_record_bytes is not None and size > self.max_record_bytes:
+                too_large.append(TooLarge(index, doc.id, size, self.max_record_bytes, "list"))
+            else:
+                self.docs.append(doc)
+        return too_large
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         self.dead.extend(letters)

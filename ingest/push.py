@@ -4,7 +4,9 @@
 ``Authorization: Bearer <token>``. Answers: 401 (no token), 403 (wrong token), 413 (body over the limit),
 400 (not JSON), 422 (schema; ``detail[].loc`` names the field, e.g. ``["messages", 0, "text"]``), 503 (the broker
 did not acknowledge every message: retry), 202 ``{"ids": [...], "duplicates": [...]}`` only after Kafka
-acknowledged every document. ``GET /healthz`` for probes.
+acknowledged every document. A message whose document (redacted and enriched) is larger than the raw topic takes is
+not published: the 202 lists it under ``"rejected": [{"id": ..., "reason": "too_large: ..."}]`` and it goes to the
+dead-letter topic (retrying it cannot succeed). ``GET /healthz`` for probes.
 """
 
 from __future__ import annotations
@@ -146,6 +148,9 @@ def create_app(ingestor: Ingestor, *, token: str, max_body_bytes: int, max_messa
             log.error("push: %s", exc)
             msg = "the broker did not acknowledge every message; retry (messages that carry an id are idempotent)"
             return _error(503, {"msg": msg, "failed_ids": sorted(exc.failed)})
-        return JSONResponse(status_code=202, content={"ids": result.ids, "duplicates": result.duplicates})
+        content: dict[str, Any] = {"ids": result.ids, "duplicates": result.duplicates}
+        if result.rejected:  # accepted request, some messages refused for good (and dead-lettered)
+            content["rejected"] = [{"id": k, "reason": v} for k, v in result.rejected.items()]
+        return JSONResponse(status_code=202, content=content)
 
     return app

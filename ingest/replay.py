@@ -130,6 +130,7 @@ class ReplayStats:
     documents: int = 0
     published: int = 0
     duplicates: int = 0
+    too_large: int = 0  # dead-lettered: larger than the raw topic takes
     bytes: int = 0
     seconds: float = 0.0
 
@@ -170,6 +171,7 @@ def replay(
         result = pending.wait()
         stats.published += len(result.published)
         stats.duplicates += len(result.duplicates)
+        stats.too_large += len(result.rejected)
         bar.update(pending.size)
 
     def flush() -> None:

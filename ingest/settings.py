@@ -200,6 +200,13 @@ class IngestSettings(CommonSettings):
     producer_retries: int = Field(
         default=10, ge=0, description="Producer retries per record inside the delivery timeout (idempotent)."
     )
+    max_record_bytes: int = Field(
+        default=1_048_576,
+        ge=65_536,
+        description="Largest record the producer sends (its max_request_size). A document larger than this, or than "
+        "the raw topic's max.message.bytes where that is smaller, is not published: it becomes a `too_large` dead "
+        "letter (push: listed in the response's `rejected`). Raise it together with the topics' max.message.bytes.",
+    )
 
     @field_validator("allowed_hosts", mode="after")
     @classmethod

@@ -160,11 +160,33 @@ class DeadLetter(_Record):
     payload_b64: str | None = Field(default=None, description="The original payload, base64 (when it does not).")
     payload_truncated: bool = Field(
         default=False,
-        description="The payload was cut to fit the dead-letter topic; the whole message stays at source_topic / "
-        "source_partition / source_offset for the topic's retention.",
+        description="The payload was cut to fit the dead-letter topic. At the worker the whole message stays at "
+        "source_topic / source_partition / source_offset for the topic's retention; at ingest (a document too large "
+        "for the raw topic) it stays with its sender: the file, or the rejection in the push response.",
     )
     payload_size: int | None = Field(default=None, description="Length of the original payload, when truncated.")
     failed_at: datetime = Field(default_factory=utcnow)
+
+
+def fit_dead_letter(letter: DeadLetter, max_bytes: int, *, exclude_none: bool = False) -> bytes:
+    """The dead letter's JSON, at most ``max_bytes`` long: a letter that would be longer (a message near the
+    broker's size limit, with the error and coordinates added) keeps the start of its payload and says so
+    (``payload_truncated``, ``payload_size``). A dead letter the topic refuses would stall its batch for good."""
+    body = letter.model_dump_json(exclude_none=exclude_none).encode("utf-8")
+    if len(body) <= max_bytes:
+        return body
+    field_name = "payload" if letter.payload is not None else "payload_b64"
+    original: str = getattr(letter, field_name) or ""
+    keep = len(original)
+    while True:
+        # shrink in proportion to the excess (escaping makes characters and bytes differ), then check
+        keep = max(0, min(keep - 1, keep * max_bytes // len(body) - 64))
+        cut = letter.model_copy(
+            update={field_name: original[:keep], "payload_truncated": True, "payload_size": len(original)}
+        )
+        body = cut.model_dump_json(exclude_none=exclude_none).encode("utf-8")
+        if len(body) <= max_bytes or keep == 0:
+            return body
 
 
 AlertSeverity = Literal["info", "warning", "critical"]

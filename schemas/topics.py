@@ -25,6 +25,12 @@ from riskstream.kafka_client import RECONNECT_BACKOFF_MAX_MS, KafkaConnection, s
 log = logging.getLogger(__name__)
 
 
+# what a record batch of one record adds to its key and value on the wire: the batch header (61 bytes) and the
+# record's own framing (lengths, varints), rounded up. A producer that keeps key + value + this under a topic's
+# max.message.bytes never sends a record the broker refuses for its size.
+RECORD_OVERHEAD_BYTES = 128
+
+
 class TopicSetupError(UserError, RuntimeError):
     """A topic the process needs is missing and cannot be created (the broker's reason is in the message)."""
 

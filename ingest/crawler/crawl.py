@@ -41,6 +41,7 @@ class CrawlStats:
     published: int = 0
     duplicates: int = 0
     copies: int = 0
+    too_large: int = 0  # articles larger than the raw topic takes (dead-lettered)
     summary_fallbacks: int = 0
     publish_failures: int = 0  # feeds whose documents the broker did not acknowledge (retried next pass)
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
@@ -151,6 +152,7 @@ class Crawler:
         stats.published += len(result.published)
         stats.duplicates += len(result.duplicates)
         stats.copies += result.copies
+        stats.too_large += len(result.rejected)
         self.fetcher.remember(response)
 
     def crawl(self, feeds: Sequence[str]) -> CrawlStats:

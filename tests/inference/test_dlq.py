@@ -80,7 +80,7 @@ def test_json_that_is_not_an_object_and_null_values() -> None:
 
 
 def test_a_dead_letter_too_large_for_its_topic_keeps_the_start_of_its_payload() -> None:
-    from inference.sinks import fit_dead_letter
+    from schemas.records import fit_dead_letter
 
     big = json.dumps({"id": "big", "channel": "news", "text": 'say "hi" ' * 150_000}).encode()  # 1.35 MB, quotes
     letter = dead_letter(src(big), "schema_violation", "text: too long")

@@ -12,6 +12,7 @@ from ingest.pipeline import Ingestor
 from ingest.publisher import ListSink
 from ingest.settings import IngestSettings
 from riskstream.db import Database
+from schemas.records import RawDocument
 
 
 def write_old(path: Path, content: str) -> None:
@@ -84,3 +85,36 @@ def test_a_file_whose_publish_failed_is_read_again(
         assert "not acknowledged" in str(exc)
     assert watcher.scan().files == 1
     assert [d.id for d in sink.docs] == ["files:1"]
+
+
+def test_a_row_too_large_for_the_topic_is_a_dead_letter_and_the_file_is_not_read_again(
+    tmp_path: Path, ingest_settings: IngestSettings, db: Database
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rows = [
+        {"id": "small-1", "text": "where is my refund"},
+        # its document (metadata included) is larger than the topic takes: sending it again could never succeed
+        {"id": "huge", "text": "my card 4539 1488 0343 6467 was charged twice", "notes": "n" * 20_000},
+        {"id": "small-2", "text": "thank you for the quick answer"},
+    ]
+    write_old(inbox / "x.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    sink = ListSink()
+    sink.max_record_bytes = 10_000
+    ingestor = Ingestor(ingest_settings, sink, db=db)
+    watcher = DirectoryWatcher(inbox, ingestor, db, settle_s=0)
+    stats = watcher.scan()
+    assert [d.id for d in sink.docs] == ["files:small-1", "files:small-2"]
+    assert stats.files == 1 and stats.documents == 2 and stats.bad_lines == 1 and stats.publish_failures == 0
+    (letter,) = sink.dead
+    assert (letter.reason, letter.key, letter.stage) == ("too_large", "files:huge", "ingest")
+    assert "10000" in letter.error and "max.message.bytes" in letter.error
+    assert letter.payload is not None and "[CARD]" in letter.payload and "4539" not in letter.payload  # redacted
+    assert ingestor.totals["too_large"] == 1
+    # recorded: the next scan does not read the file (nor dead-letter the row) again
+    again = watcher.scan()
+    assert again.files == 0 and again.skipped_known == 1 and len(sink.dead) == 1
+    # and the refused document is not remembered as seen: with the limit raised, the same row goes through
+    sink.max_record_bytes = None
+    result = ingestor.ingest([RawDocument.model_validate_json(letter.payload)])  # the letter carries the document
+    assert result.ids == ["files:huge"] and sink.docs[-1].metadata["notes"] == "n" * 20_000

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import string
 import time
 from pathlib import Path
 from typing import Any
@@ -90,21 +92,76 @@ def test_published_records_are_keyed_by_id_and_redacted(settings: CommonSettings
     assert_no_pii([r.value for r in records])
 
 
-def test_send_then_wait_names_the_record_the_broker_did_not_take(settings: CommonSettings) -> None:
+def test_a_record_larger_than_the_topic_takes_comes_back_unsent_and_the_others_are_acknowledged(
+    settings: CommonSettings,
+) -> None:
     cfg = ingest_settings_from(settings)
     publisher = KafkaPublisher(cfg)
     ok = [RawDocument(id=f"ok-{i}", channel="news", source="t", text=f"story {i}") for i in range(3)]
-    # over the producer's max_request_size (1 MB): refused, a real failure without stopping the broker
+    # over the producer's max_request_size (1 MiB): not sent (kafka-python would refuse it itself)
     too_big = RawDocument(id="too-big", channel="news", source="t", text="x", metadata={"blob": "x" * 1_100_000})
     try:
-        delivery = publisher.send([ok[0], too_big, ok[1], ok[2]])
-        with pytest.raises(PublishError) as raised:
-            delivery.wait()
-        assert set(raised.value.failed) == {"too-big"}  # reported by id, the others acknowledged
+        (refused,) = publisher.send([ok[0], too_big, ok[1], ok[2]]).wait()
     finally:
         publisher.close()
+    assert (refused.index, refused.key, refused.limit) == (1, "too-big", 1_048_576) and refused.size > 1_100_000
     records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=3)
     assert sorted(r.key.decode() for r in records) == ["ok-0", "ok-1", "ok-2"]
+
+
+def test_a_topic_limit_lowered_under_a_running_publisher(settings: CommonSettings) -> None:
+    """The operator lowers the raw topic's max.message.bytes after the publisher read it: the broker refuses a
+    document that fitted before, which fails kafka-python's idempotent producer for every later send. The publisher
+    reports the document as not acknowledged (the caller retries: a file is read again, a push answered 503), starts
+    a new producer and reads the limits again; the retry turns the document into a too_large dead letter, cut to fit
+    the dead-letter topic, and the stream goes on."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from schemas.topics import ensure_configured
+
+    cfg = ingest_settings_from(settings)
+    ensure_configured(cfg, [cfg.topic_raw, cfg.topic_dlq])
+    db = Database(cfg.db_url)
+    publisher = KafkaPublisher(cfg)
+    ingestor = Ingestor(cfg, publisher, db=db)
+    assert publisher.limits[cfg.topic_raw] == 1_048_576  # the producer's own cap (the broker's default is larger)
+
+    def news(i: str, text: str) -> RawDocument:
+        return RawDocument(id=i, channel="news", source="t", text=text)
+
+    # ~6 KB that lz4 cannot shrink (the broker checks batches as compressed, the publisher records as they are)
+    rnd = random.Random(7)
+    mid = news("mid", "".join(rnd.choices(string.ascii_letters + string.digits + " ", k=6000)))
+    try:
+        assert ingestor.ingest([news("a", "first story"), news("b", "second story")]).ids == ["a", "b"]
+        admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap.split(","))
+        admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": limit})
+                for topic, limit in ((cfg.topic_raw, "4096"), (cfg.topic_dlq, "3000"))
+            ]
+        )
+        admin.close()
+        with pytest.raises(PublishError) as raised:
+            ingestor.ingest([mid])
+        assert set(raised.value.failed) == {"mid"}
+        assert publisher.limits == {cfg.topic_raw: 4096, cfg.topic_dlq: 3000}  # read again, new producer
+        retried = ingestor.ingest([mid, news("c", "third story")])
+        assert retried.ids == ["c"] and list(retried.rejected) == ["mid"]
+        assert "4096" in retried.rejected["mid"]
+        assert ingestor.ingest([news("d", "fourth story")]).ids == ["d"]
+    finally:
+        ingestor.close()
+        publisher.close()
+        db.dispose()
+    records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=4)
+    assert sorted(r.key.decode() for r in records) == ["a", "b", "c", "d"]
+    (dead,) = consume(cfg.kafka_bootstrap, cfg.topic_dlq, expected=1)
+    letter = DeadLetter.model_validate_json(dead.value)
+    assert (letter.reason, letter.key, letter.stage) == ("too_large", "mid", "ingest")
+    assert len(dead.value) <= 3000 and letter.payload_truncated
+    assert letter.payload_size is not None and letter.payload_size > 6000
+    assert mid.model_dump_json(exclude_none=True).startswith(letter.payload or "-")
 
 
 def test_records_land_on_the_default_partitioners_partition(settings: CommonSettings) -> None:

@@ -14,7 +14,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from ingest.pipeline import Ingestor
-from ingest.publisher import AsyncSink, ListSink, PublishError, murmur2_many, partitions_for_keys
+from ingest.publisher import AsyncSink, ListSink, PublishError, TooLarge, murmur2_many, partitions_for_keys
 from ingest.replay import replay
 from ingest.settings import IngestSettings
 from riskstream.db import Database
@@ -25,11 +25,12 @@ class _Delivery:
     def __init__(self, sink: _AsyncListSink, docs: list[RawDocument], fail: bool) -> None:
         self.sink, self.docs, self.fail = sink, docs, fail
 
-    def wait(self) -> None:
+    def wait(self) -> list[TooLarge]:
         self.sink.events.append(("wait", self.docs[0].id if self.docs else ""))
         if self.fail:
             raise PublishError({d.id: "simulated: not acknowledged" for d in self.docs})
         self.sink.acked.extend(self.docs)
+        return []
 
 
 class _AsyncListSink:
@@ -47,8 +48,8 @@ class _AsyncListSink:
         self.sends += 1
         return delivery
 
-    def publish(self, docs: Sequence[RawDocument]) -> None:
-        self.send(docs).wait()
+    def publish(self, docs: Sequence[RawDocument]) -> list[TooLarge]:
+        return self.send(docs).wait()
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
         return None

@@ -86,3 +86,26 @@ def test_broker_failure_is_a_503_and_nothing_is_remembered(ingestor: Ingestor, s
     assert failed.json()["detail"]["failed_ids"] == ["push:9"]
     retried = c.post("/v1/messages", headers=AUTH, json={"id": "9", "text": "please refund me"})
     assert retried.status_code == 202 and retried.json()["ids"] == ["push:9"]
+
+
+def test_a_message_too_large_for_the_topic_is_rejected_by_id_and_dead_lettered(
+    ingestor: Ingestor, sink: ListSink
+) -> None:
+    c = client(ingestor, max_body=100_000)
+    sink.max_record_bytes = 20_000
+    messages = [
+        {"id": "ok-1", "text": "please close my account"},
+        {"id": "big", "text": "see the attached log " + "x" * 30_000},
+        {"id": "ok-2", "text": "thanks"},
+    ]
+    response = c.post("/v1/messages", headers=AUTH, json={"messages": messages})
+    # accepted: the others are published; the large one is named, with a reason a client can act on
+    assert response.status_code == 202
+    body = response.json()
+    assert body["ids"] == ["push:ok-1", "push:ok-2"]
+    (rejected,) = body["rejected"]
+    assert rejected["id"] == "push:big" and rejected["reason"].startswith("too_large: ")
+    assert [(dl.reason, dl.key) for dl in sink.dead] == [("too_large", "push:big")]
+    # a retry of the same message is refused again (it was not remembered as published)
+    again = c.post("/v1/messages", headers=AUTH, json=messages[1])
+    assert again.status_code == 202 and again.json()["rejected"][0]["id"] == "push:big"
