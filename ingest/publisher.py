@@ -243,9 +243,12 @@ class KafkaPublisher:
             limits.update({t: min(cap, v) for t, v in found.items()})
         self.limits = limits
 
-    def _restart(self) -> None:
+    def _restart(self, failed: KafkaProducer) -> None:
         """The broker refused a record for its size (a topic limit lowered since it was read): kafka-python's
-        idempotent producer fails every later send then, so start a new one and read the limits again."""
+        idempotent producer fails every later send then, so start a new one and read the limits again (once per
+        failed producer: several batches in flight may report the same one)."""
+        if failed is not self._producer:
+            return
         log.warning("the broker refused a record for its size; starting a new producer and reading the limits again")
         old, self._producer = self._producer, KafkaProducer(**self._config)
         try:
@@ -260,16 +263,18 @@ class KafkaPublisher:
         limit = self.limits.get(topic, self._settings.max_record_bytes)
         too_large: list[TooLarge] = []
         fitting: list[tuple[str, bytes]] = []
+        keys: list[bytes] = []
         for index, (key, value) in enumerate(records):
-            size = len(value) + len(key.encode("utf-8")) + RECORD_OVERHEAD_BYTES
+            key_bytes = key.encode("utf-8")
+            size = len(value) + len(key_bytes) + RECORD_OVERHEAD_BYTES
             if size > limit:
                 too_large.append(TooLarge(index, key, size, limit, topic))
             else:
                 fitting.append((key, value))
-        if too_large:
-            records = fitting
-        send = self._producer.send
-        keys = [key.encode("utf-8") for key, _ in records]
+                keys.append(key_bytes)
+        records = fitting
+        producer = self._producer  # a refusal reported later restarts this one, if it is still the current one
+        send = producer.send
         # the default partitioner's choice, computed for the whole batch at once (its per-record murmur2 is pure
         # Python); without metadata for the topic yet, the producer picks (and waits for the metadata) itself
         chosen: list[int | None] = [None] * len(keys)
@@ -284,7 +289,7 @@ class KafkaPublisher:
                 futures.append((key, send(topic, key=key_bytes, value=value, partition=partition)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
-        return KafkaDelivery(futures, failed, self.timeout_s, too_large, self._restart)
+        return KafkaDelivery(futures, failed, self.timeout_s, too_large, lambda: self._restart(producer))
 
     def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> list[TooLarge]:
         delivery = self._send(topic, records)
