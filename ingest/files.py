@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".jsonl", ".csv")
 ID_FIELDS = ("id", "message_id", "msg_id", "ticket_id")
 BATCH = 500
+BAD_LINE_PAYLOAD_CHARS = 10_000  # a bad line's dead letter carries its start (the file keeps the whole line)
 
 
 @dataclass
@@ -170,7 +171,10 @@ class DirectoryWatcher:
                         error=error,
                         stage="ingest",
                         key=f"{path.name}:{lineno}",
-                        payload=self.ingestor.redactor.redact(raw[:10_000])[0],
+                        payload=self.ingestor.redactor.redact(raw[:BAD_LINE_PAYLOAD_CHARS])[0],
+                        # the whole line stays in the file (named by key)
+                        payload_truncated=len(raw) > BAD_LINE_PAYLOAD_CHARS,
+                        payload_size=len(raw) if len(raw) > BAD_LINE_PAYLOAD_CHARS else None,
                     )
                 )
             if len(docs) >= BATCH:

@@ -53,6 +53,7 @@ def test_each_file_once_across_restarts_and_bad_lines_to_dlq(
     assert texts["files:C1"] == "Call me on [PHONE] please"
     assert next(d for d in sink.docs if d.id == "files:C1").metadata["agent"] == "Ann"
     assert {dl.reason for dl in sink.dead} == {"invalid_json", "schema_violation", "not_an_object"}
+    assert not any(dl.payload_truncated for dl in sink.dead)
     assert all(dl.stage == "ingest" and dl.key for dl in sink.dead)
     assert any("text" in dl.error for dl in sink.dead if dl.reason == "schema_violation")  # names the field
 
@@ -118,3 +119,18 @@ def test_a_row_too_large_for_the_topic_is_a_dead_letter_and_the_file_is_not_read
     sink.max_record_bytes = None
     result = ingestor.ingest([RawDocument.model_validate_json(letter.payload)])  # the letter carries the document
     assert result.ids == ["files:huge"] and sink.docs[-1].metadata["notes"] == "n" * 20_000
+
+
+def test_a_long_bad_line_is_dead_lettered_with_its_start_and_says_so(
+    tmp_path: Path, ingest_settings: IngestSettings, db: Database
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    line = '{"id": "L1", "text": "' + "a" * 30_000  # unterminated: invalid JSON, 30 KB long
+    write_old(inbox / "x.jsonl", line + "\n")
+    sink = ListSink()
+    DirectoryWatcher(inbox, Ingestor(ingest_settings, sink, db=db), db, settle_s=0).scan()
+    (letter,) = sink.dead
+    assert letter.reason == "invalid_json" and letter.key == "x.jsonl:1"
+    assert letter.payload_truncated and letter.payload_size == len(line)
+    assert letter.payload is not None and line.startswith(letter.payload) and len(letter.payload) == 10_000
