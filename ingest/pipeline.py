@@ -278,5 +278,9 @@ class PendingIngest:
                 self._ingestor._settle(self._result, self._ready, ok=False)
                 raise
             self._settled = True
-            self._ingestor._settle(self._result, self._ready, ok=True, too_large=too_large)
+            try:  # dead-lettering what was too large can fail too: report it on every wait, as a failed publish
+                self._ingestor._settle(self._result, self._ready, ok=True, too_large=too_large)
+            except Exception as exc:
+                self._error = exc
+                raise
         return self._result

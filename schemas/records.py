@@ -161,8 +161,8 @@ class DeadLetter(_Record):
     payload_truncated: bool = Field(
         default=False,
         description="The payload was cut to fit the dead-letter topic. At the worker the whole message stays at "
-        "source_topic / source_partition / source_offset for the topic's retention; at ingest (a document too large "
-        "for the raw topic) it stays with its sender: the file, or the rejection in the push response.",
+        "source_topic / source_partition / source_offset for the topic's retention; at ingest it stays where it came "
+        "from (the file and line the key names, the client that pushed it, the crawled page).",
     )
     payload_size: int | None = Field(default=None, description="Length of the original payload, when truncated.")
     failed_at: datetime = Field(default_factory=utcnow)

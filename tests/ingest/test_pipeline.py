@@ -104,6 +104,28 @@ def test_submit_on_a_plain_sink_publishes_synchronously(ingestor: Ingestor, sink
     assert [d.id for d in ok.wait().published] == ["n1"]
 
 
+class _DeadLetterDown(ListSink):
+    def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        raise PublishError({dl.key or "?": "simulated: dead-letter topic unavailable" for dl in letters})
+
+
+def test_a_too_large_document_whose_dead_letter_fails_is_reported_and_not_remembered(
+    ingest_settings: IngestSettings, db: Database
+) -> None:
+    sink = _DeadLetterDown()
+    sink.max_record_bytes = 2_000
+    ingestor = Ingestor(ingest_settings, sink, db=db)
+    pending = ingestor.submit([_news(1), _news(2, "x " * 2_000)])
+    for _ in range(2):  # on every wait, as a failed publish would be
+        with pytest.raises(PublishError):
+            pending.wait()
+    assert [d.id for d in sink.docs] == ["n1"]
+    # the published one is remembered, the refused one is not: a retry publishes nothing twice and tries n2 again
+    sink.max_record_bytes = None
+    retried = ingestor.ingest([_news(1), _news(2, "x " * 2_000)])
+    assert retried.duplicates == ["n1"] and retried.ids == ["n2"]
+
+
 def test_replay_prepares_the_next_batch_while_the_previous_one_is_acknowledged(
     ingest_settings: IngestSettings, tmp_path: Path
 ) -> None:
