@@ -183,6 +183,13 @@ class EsBulkSink:
         return rejected
 
 
+def _size_refusals() -> tuple[type[Exception], ...]:
+    """The broker's answers for a record batch larger than its topic takes."""
+    from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
+
+    return (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+
 class KafkaOut:
     """Idempotent producer (acks=all) for scored documents and dead letters; ``flush`` checks every send."""
 
@@ -213,12 +220,15 @@ class KafkaOut:
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.limits: dict[str, int] = {}
         self.on_restart: Callable[[KafkaOut], None] | None = None  # e.g. read the topics' limits again
-        self._sent: list[tuple[Any, Any]] = []  # (future, what was sent)
+        self._sent: list[tuple[Any, Any, str]] = []  # (future, what was sent, topic)
         self._refused: list[RefusedSend] = []  # refused before sending (larger than the topic's limit)
+        self._configured: set[str] = set()  # topics whose limit was read from the broker's configuration
+        self._probing: set[str] = set()  # topics that refused a record and whose limit is unknown: one at a time
 
     def set_limits(self, limits: dict[str, int]) -> None:
         """Topic -> largest record batch the broker takes (``schemas.topics.max_message_bytes``)."""
         self.limits = dict(limits)
+        self._configured = set(limits)
 
     def send(self, topic: str, key: str | None, value: bytes, ref: Any = None) -> None:
         key_bytes = key.encode("utf-8") if key else None
@@ -230,7 +240,37 @@ class KafkaOut:
             error = f"the record would be about {size} bytes; topic {topic} takes at most {limit} (max.message.bytes)"
             self._refused.append(RefusedSend(ref, error))
             return
-        self._sent.append((self.producer.send(topic, key=key_bytes, value=value), ref))
+        future = self.producer.send(topic, key=key_bytes, value=value)
+        if topic in self._probing:
+            self._answer_alone(topic, future, size, ref)
+        else:
+            self._sent.append((future, ref, topic))
+
+    def _answer_alone(self, topic: str, future: Any, size: int, ref: Any) -> None:
+        """Wait for one record's answer (its topic refused a batch and its limit is unknown: without the
+        DescribeConfigs permission the worker cannot read it). A record refused on its own is too large: its size
+        becomes the topic's limit from now on (halved for the dead-letter topic, whose letters can be cut to fit),
+        it is returned as refused, and the failed producer is replaced. Any other answer is left to :meth:`flush`."""
+        try:
+            self.producer.flush(timeout=30)
+        except Exception as exc:  # kafka-python raises KafkaTimeoutError and friends
+            raise SinkUnavailableError(f"kafka flush failed: {exc}") from exc
+        if future.succeeded() or not isinstance(future.exception, _size_refusals()):
+            self._sent.append((future, ref, topic))
+            return
+        learned = size // 2 if isinstance(ref, DeadLetter) else size - 1
+        self.limits[topic] = min(self.limits.get(topic, learned), learned)
+        log.warning(
+            "topic %s refused a record of about %d bytes on its own and its max.message.bytes cannot be read: taking "
+            "%d bytes as its limit until the worker restarts or can read it",
+            topic, size, self.limits[topic],
+        )  # fmt: skip
+        error = (
+            f"the broker refused the record of about {size} bytes on its own; topic {topic}'s max.message.bytes "
+            f"cannot be read (DescribeConfigs), so the worker now holds it to {self.limits[topic]} bytes"
+        )
+        self._refused.append(RefusedSend(ref, error))
+        self._restart_producer()
 
     def send_scored(self, topic: str, doc: EncodedDoc) -> None:
         self.send(topic, doc.doc.id, doc.body, ref=doc)
@@ -248,22 +288,24 @@ class KafkaOut:
         (larger than their topic takes, found before sending); raise SinkUnavailableError if any send failed. A
         record the broker itself refused (its limit was lowered after it was read) fails the idempotent producer
         for good: a new one is started before raising, and the retried batch meets the limit read again."""
-        from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
-
         sent, self._sent = self._sent, []
         refused, self._refused = self._refused, []
         try:
             self.producer.flush(timeout=timeout_s)
         except Exception as exc:  # kafka-python raises KafkaTimeoutError and friends
             raise SinkUnavailableError(f"kafka flush failed: {exc}") from exc
-        failed = [future.exception for future, _ in sent if not future.succeeded()]
+        failed = [(future.exception, topic) for future, _, topic in sent if not future.succeeded()]
         if failed:
-            refusals = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
-            if any(isinstance(e, refusals) for e in failed):
-                # the broker refused a record the size check let through (a limit lowered since it was read): the
-                # idempotent producer is now failed for good, so start a new one; the caller retries the batch
+            too_large = {topic for exc, topic in failed if isinstance(exc, _size_refusals())}
+            if too_large:
+                # the broker refused a record the size check let through (a limit lowered since it was read, or
+                # never readable): the idempotent producer is now failed for good, so start a new one; the caller
+                # retries the batch. A topic whose limit cannot be read takes the retry one record at a time, so
+                # the refusal names the record
+                self._probing |= too_large - self._configured
                 self._restart_producer()
-            raise SinkUnavailableError(f"{len(failed)} kafka sends failed: {failed[0]}")
+            raise SinkUnavailableError(f"{len(failed)} kafka sends failed: {failed[0][0]}")
+        self._probing.clear()  # every record answered: back to batches
         return refused
 
     def _restart_producer(self) -> None:

@@ -260,7 +260,11 @@ class Worker:
         try:
             out.set_limits(max_message_bytes(self.settings, [self.settings.topic_scored, self.settings.topic_dlq]))
         except Exception as exc:  # e.g. no DescribeConfigs permission: the broker's refusal is still handled
-            log.warning("cannot read the output topics' max.message.bytes (%s); records are not checked", exc)
+            log.warning(
+                "cannot read the output topics' max.message.bytes (%s); a record the broker refuses is found by "
+                "sending the retried batch one record at a time",
+                exc,
+            )
         else:
             log.info("output topics take records of at most %s bytes", out.limits)
 

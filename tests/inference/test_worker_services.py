@@ -378,11 +378,26 @@ def test_two_workers_in_one_group_share_the_partitions(
     assert sorted(d["_id"] for d in docs) == sorted(f"shared-{i}" for i in range(60))
 
 
+@pytest.mark.parametrize("limits_readable", [True, False], ids=["describe-configs", "no-describe-configs"])
 def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the_stream_goes_on(
-    worker_settings: WorkerSettings, engine_v1: Engine, start_worker: Callable[..., Running]
+    worker_settings: WorkerSettings,
+    engine_v1: Engine,
+    start_worker: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    limits_readable: bool,
 ) -> None:
+    """With ``limits_readable`` False the worker's principal may not read topic configurations (DescribeConfigs is
+    an ACL of its own): the one admin call that reads them is made to fail as the broker would answer it; every
+    record still goes through the real broker, which refuses what is too large."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from kafka.errors import TopicAuthorizationFailedError
 
+    if not limits_readable:
+
+        def denied(*args: Any, **kwargs: Any) -> dict[str, int]:
+            raise TopicAuthorizationFailedError("DescribeConfigs denied (simulated ACL)")
+
+        monkeypatch.setattr("schemas.topics.max_message_bytes", denied)
     produce(worker_settings, good_docs("before", 6))
     run = start_worker(engine=engine_v1)
     wait_until(lambda: es_count(worker_settings) >= 6, 240, "6 documents in ES")
@@ -411,6 +426,8 @@ def test_a_document_too_large_for_the_scored_topic_becomes_a_dead_letter_and_the
     (letter,) = dlq
     assert (letter["key"], letter["reason"]) == ("large", "kafka_rejected")
     assert "max.message.bytes" in letter["error"]
+    # without the permission, the retried batch went one record at a time and the refusal named the document
+    assert ("cannot be read" in letter["error"]) is not limits_readable
     raw = json.dumps(large)
     assert letter["payload_truncated"] and letter["payload_size"] == len(raw) and raw.startswith(letter["payload"])
     # the whole message is where the letter says
