@@ -26,7 +26,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from inference.metrics import WorkerMetrics
 from schemas.es import index_for
 from schemas.records import DeadLetter, ScoredDocument, fit_dead_letter
-from schemas.topics import RECORD_OVERHEAD_BYTES
+from schemas.topics import RECORD_OVERHEAD_BYTES, SIZE_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +183,6 @@ class EsBulkSink:
         return rejected
 
 
-def _size_refusals() -> tuple[type[Exception], ...]:
-    """The broker's answers for a record batch larger than its topic takes."""
-    from kafka.errors import InvalidRecordError, MessageSizeTooLargeError, RecordListTooLargeError
-
-    return (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
-
-
 class KafkaOut:
     """Idempotent producer (acks=all) for scored documents and dead letters; ``flush`` checks every send."""
 
@@ -255,7 +248,7 @@ class KafkaOut:
             self.producer.flush(timeout=30)
         except Exception as exc:  # kafka-python raises KafkaTimeoutError and friends
             raise SinkUnavailableError(f"kafka flush failed: {exc}") from exc
-        if future.succeeded() or not isinstance(future.exception, _size_refusals()):
+        if future.succeeded() or not isinstance(future.exception, SIZE_REFUSALS):
             self._sent.append((future, ref, topic))
             return
         learned = size // 2 if isinstance(ref, DeadLetter) else size - 1
@@ -296,7 +289,7 @@ class KafkaOut:
             raise SinkUnavailableError(f"kafka flush failed: {exc}") from exc
         failed = [(future.exception, topic) for future, _, topic in sent if not future.succeeded()]
         if failed:
-            too_large = {topic for exc, topic in failed if isinstance(exc, _size_refusals())}
+            too_large = {topic for exc, topic in failed if isinstance(exc, SIZE_REFUSALS)}
             if too_large:
                 # the broker refused a record the size check let through (a limit lowered since it was read, or
                 # never readable): the idempotent producer is now failed for good, so start a new one; the caller

@@ -27,12 +27,12 @@ import numpy as np
 import numpy.typing as npt
 from kafka import KafkaProducer
 from kafka.codec import has_lz4, has_zstd
-from kafka.errors import InvalidRecordError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from kafka.errors import KafkaError
 
 from ingest.settings import IngestSettings
 from riskstream.kafka_client import client_options
 from schemas.records import DeadLetter, RawDocument, fit_dead_letter
-from schemas.topics import RECORD_OVERHEAD_BYTES, max_message_bytes
+from schemas.topics import RECORD_OVERHEAD_BYTES, SIZE_REFUSALS, max_message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class KafkaDelivery:
         for key, future in pending:
             try:
                 future.get(timeout=max(0.0, self._deadline - time.monotonic()))
-            except (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError) as exc:
+            except SIZE_REFUSALS as exc:
                 refused = True  # the broker's refusal for size: the idempotent producer is failed for good
                 self._failed[key] = repr(exc)
             except KafkaError as exc:  # includes KafkaTimeoutError: not acknowledged within the timeout

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from kafka.errors import (
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from riskstream.errors import UserError
 from riskstream.kafka_client import RECONNECT_BACKOFF_MAX_MS, KafkaConnection, security_options
@@ -29,6 +36,10 @@ log = logging.getLogger(__name__)
 # record's own framing (lengths, varints), rounded up. A producer that keeps key + value + this under a topic's
 # max.message.bytes never sends a record the broker refuses for its size.
 RECORD_OVERHEAD_BYTES = 128
+
+# the broker's answers for a record batch larger than its topic takes. kafka-python 3's idempotent producer treats
+# them as fatal when the batch held one record: every later send of that producer fails
+SIZE_REFUSALS: tuple[type[KafkaError], ...] = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 
 class TopicSetupError(UserError, RuntimeError):
