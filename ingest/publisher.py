@@ -12,12 +12,21 @@ A record its topic would not take (key + value + framing over the producer's ``m
 pipeline turns into a ``too_large`` dead letter. Sending it could never succeed, so a caller that retried it would
 retry for ever (a watched file read again on every scan, a push client answered 503), and a broker's refusal of
 it makes kafka-python 3's idempotent producer fail every later send. Dead letters are cut to fit their topic.
+
+The broker may refuse a record all the same: a topic's limit lowered after it was read, or never readable (without
+the DescribeConfigs permission only the producer's own cap is known). Its refusal fails every record the producer
+holds, so the batch is settled again within the same call: a new producer, the limits read again, and the failed
+records sent again; a topic whose limit cannot be read takes them one at a time, so that the refusal names the
+record, whose size (less one byte; half of it for the dead-letter topic, whose letters can be cut) becomes the
+topic's limit while the publisher runs. The caller gets the record back as :class:`TooLarge`, as if its size had
+been known.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +44,10 @@ from schemas.records import DeadLetter, RawDocument, fit_dead_letter
 from schemas.topics import RECORD_OVERHEAD_BYTES, SIZE_REFUSALS, max_message_bytes
 
 log = logging.getLogger(__name__)
+
+
+# the smallest room a dead letter is cut to: its reason, ids and the start of the payload
+DEAD_LETTER_MIN_ROOM = 1024
 
 
 class PublishError(RuntimeError):
@@ -55,9 +68,15 @@ class TooLarge:
     size: int  # key + value + framing, bytes
     limit: int
     topic: str
+    learned: bool = False  # the limit was learned from the broker refusing this record on its own
 
     @property
     def error(self) -> str:
+        if self.learned:
+            return (
+                f"the broker refused the record of about {self.size} bytes on its own; topic {self.topic}'s "
+                f"max.message.bytes cannot be read (DescribeConfigs), so it is now held to {self.limit} bytes"
+            )
         return f"the record would be about {self.size} bytes; topic {self.topic} takes at most {self.limit}"
 
 
@@ -100,34 +119,44 @@ class KafkaDelivery:
 
     def __init__(
         self,
-        futures: list[tuple[str, Any]],
+        futures: list[tuple[int, str, bytes, Any]],
         failed: dict[str, str],
         timeout_s: float,
         too_large: list[TooLarge] | None = None,
-        on_refused: Callable[[], None] | None = None,
+        resend: Callable[[list[tuple[int, str, bytes]]], KafkaDelivery] | None = None,
     ) -> None:
-        self._futures = futures
+        self._futures = futures  # (index in the batch, key, value, future)
         self._failed = failed
         self._too_large = too_large or []
-        self._on_refused = on_refused
+        self._resend = resend
         # the producer fails a record itself after its delivery timeout (shorter than this): a bound, not a policy
         self._deadline = time.monotonic() + timeout_s
 
     def wait(self) -> list[TooLarge]:
         """Block until the broker answered for every record (at most the publish timeout after sending); return
-        the records that were not sent for their size."""
+        the records that were not sent for their size. A refusal for size is settled here: the failed records are
+        sent again by a new producer (once), and those found too large are returned with the others."""
         pending, self._futures = self._futures, []
         refused = False
-        for key, future in pending:
+        again: list[tuple[int, str, bytes]] = []
+        for index, key, value, future in pending:
             try:
                 future.get(timeout=max(0.0, self._deadline - time.monotonic()))
             except SIZE_REFUSALS as exc:
                 refused = True  # the broker's refusal for size: the idempotent producer is failed for good
                 self._failed[key] = repr(exc)
+                again.append((index, key, value))
             except KafkaError as exc:  # includes KafkaTimeoutError: not acknowledged within the timeout
                 self._failed[key] = repr(exc)
-        if refused and self._on_refused is not None:
-            self._on_refused()
+                again.append((index, key, value))  # after a refusal for size, every pending record fails too
+        if refused and self._resend is not None:
+            retry, self._resend = self._resend(again), None
+            for _, key, _ in again:
+                self._failed.pop(key, None)
+            try:
+                self._too_large.extend(retry.wait())
+            except PublishError as exc:
+                self._failed.update(exc.failed)
         if self._failed:
             raise PublishError(dict(self._failed))
         return list(self._too_large)
@@ -228,68 +257,143 @@ class KafkaPublisher:
         self._settings = settings
         self._producer = KafkaProducer(**self._config)
         self.limits: dict[str, int] = {}
+        self._configured: set[str] = set()  # topics whose max.message.bytes was read from the broker
+        self._learned: dict[str, int] = {}  # limits learned from refusals, for topics whose limit cannot be read
+        self._probing: set[str] = set()  # topics that refused a record and whose limit is unknown: one at a time
+        self._lock = threading.RLock()  # restarts and one-at-a-time sends (the push endpoint publishes from threads)
         self.read_limits()
 
     def read_limits(self) -> None:
         """Each topic's largest record: the producer's ``max_request_size``, or the topic's ``max.message.bytes``
         where that is smaller (read from the broker; without the DescribeConfigs permission only the former)."""
         cap = self._settings.max_record_bytes
-        limits = {self.topic: cap, self.dlq_topic: cap}
+        limits = {t: min(cap, self._learned.get(t, cap)) for t in (self.topic, self.dlq_topic)}
         try:
             found = max_message_bytes(self._settings, list(limits))
         except Exception as exc:  # e.g. no DescribeConfigs permission: the producer's own limit still holds
             log.warning("cannot read the topics' max.message.bytes (%s); records are held to %d bytes", exc, cap)
-        else:
-            limits.update({t: min(cap, v) for t, v in found.items()})
+            found = {}
+        limits.update({t: min(cap, v) for t, v in found.items()})
+        self._configured = set(found)
         self.limits = limits
 
-    def _restart(self, failed: KafkaProducer) -> None:
-        """The broker refused a record for its size (a topic limit lowered since it was read): kafka-python's
-        idempotent producer fails every later send then, so start a new one and read the limits again (once per
-        failed producer: several batches in flight may report the same one)."""
-        if failed is not self._producer:
-            return
-        log.warning("the broker refused a record for its size; starting a new producer and reading the limits again")
-        old, self._producer = self._producer, KafkaProducer(**self._config)
-        try:
-            old.close(timeout=1)
-        except Exception as exc:  # a failed producer may not close cleanly; it is dropped either way
-            log.debug("closing the failed producer: %s", exc)
-        self.read_limits()
+    def _restart(self, failed: KafkaProducer, topic: str, *, reread: bool = True) -> None:
+        """The broker refused a record for its size: kafka-python's idempotent producer fails every later send then,
+        so start a new one and read the limits again (once per failed producer: several batches in flight may report
+        the same one). A topic whose limit cannot be read is sent to one record at a time from now on."""
+        with self._lock:
+            if failed is self._producer:
+                log.warning("the broker refused a record for its size; starting a new producer")
+                old, self._producer = self._producer, KafkaProducer(**self._config)
+                try:
+                    old.close(timeout=1)
+                except Exception as exc:  # a failed producer may not close cleanly; it is dropped either way
+                    log.debug("closing the failed producer: %s", exc)
+                if reread:
+                    self.read_limits()
+            if topic not in self._configured:
+                self._probing.add(topic)
 
-    def _send(self, topic: str, records: Sequence[tuple[str, bytes]]) -> KafkaDelivery:
-        futures: list[tuple[str, Any]] = []
+    def _resend(self, failed: KafkaProducer, topic: str, records: list[tuple[int, str, bytes]]) -> KafkaDelivery:
+        """Records failed by the broker's refusal for size, sent again (once) by a new producer under the limits
+        read again: the too-large ones come back as TooLarge, the others are delivered."""
+        self._restart(failed, topic)
+        delivery = self._send(topic, [(k, v) for _, k, v in records], [i for i, _, _ in records], resend=False)
+        with contextlib.suppress(KafkaError):
+            self._producer.flush(timeout=self.timeout_s)
+        return delivery
+
+    def _send(
+        self,
+        topic: str,
+        records: Sequence[tuple[str, bytes]],
+        indices: Sequence[int] | None = None,
+        *,
+        resend: bool = True,
+    ) -> KafkaDelivery:
+        """Hand ``records`` (key, value) to the producer. ``indices`` are their positions in the caller's batch
+        (default: their order here), which TooLarge reports."""
         failed: dict[str, str] = {}
         limit = self.limits.get(topic, self._settings.max_record_bytes)
         too_large: list[TooLarge] = []
-        fitting: list[tuple[str, bytes]] = []
-        keys: list[bytes] = []
-        for index, (key, value) in enumerate(records):
+        fitting: list[tuple[int, str, bytes, bytes, int]] = []  # (index, key, value, key bytes, size)
+        for position, (key, value) in enumerate(records):
+            index = indices[position] if indices is not None else position
             key_bytes = key.encode("utf-8")
             size = len(value) + len(key_bytes) + RECORD_OVERHEAD_BYTES
             if size > limit:
-                too_large.append(TooLarge(index, key, size, limit, topic))
+                too_large.append(TooLarge(index, key, size, limit, topic, learned=self._learned.get(topic) == limit))
             else:
-                fitting.append((key, value))
-                keys.append(key_bytes)
-        records = fitting
+                fitting.append((index, key, value, key_bytes, size))
+        if topic in self._probing:
+            return self._send_alone(topic, fitting, too_large)
         producer = self._producer  # a refusal reported later restarts this one, if it is still the current one
         send = producer.send
         # the default partitioner's choice, computed for the whole batch at once (its per-record murmur2 is pure
         # Python); without metadata for the topic yet, the producer picks (and waits for the metadata) itself
-        chosen: list[int | None] = [None] * len(keys)
+        chosen: list[int | None] = [None] * len(fitting)
         try:
-            known = self._producer.partitions_for(topic) if len(keys) > 1 else None
+            known = producer.partitions_for(topic) if len(fitting) > 1 else None
         except KafkaError:
             known = None
         if known:
-            chosen = list(partitions_for_keys(keys, sorted(known)))
-        for (key, value), key_bytes, partition in zip(records, keys, chosen, strict=True):
+            chosen = list(partitions_for_keys([f[3] for f in fitting], sorted(known)))
+        futures: list[tuple[int, str, bytes, Any]] = []
+        for (index, key, value, key_bytes, _), partition in zip(fitting, chosen, strict=True):
             try:
-                futures.append((key, send(topic, key=key_bytes, value=value, partition=partition)))
+                futures.append((index, key, value, send(topic, key=key_bytes, value=value, partition=partition)))
             except KafkaError as exc:  # buffer full or producer closed: report, do not drop silently
                 failed[key] = repr(exc)
-        return KafkaDelivery(futures, failed, self.timeout_s, too_large, lambda: self._restart(producer))
+        return KafkaDelivery(
+            futures,
+            failed,
+            self.timeout_s,
+            too_large,
+            (lambda again: self._resend(producer, topic, again)) if resend else None,
+        )
+
+    def _send_alone(
+        self, topic: str, fitting: list[tuple[int, str, bytes, bytes, int]], too_large: list[TooLarge]
+    ) -> KafkaDelivery:
+        """One record at a time, each answered before the next is sent (a topic that refused a record and whose
+        limit cannot be read). A record refused on its own is too large: its size less one byte (half of it on the
+        dead-letter topic) becomes the topic's limit, the failed producer is replaced, and later records are held
+        to that limit. A batch answered without a refusal ends this: the next goes as one batch again."""
+        with self._lock:
+            return self._send_alone_locked(topic, fitting, too_large)
+
+    def _send_alone_locked(
+        self, topic: str, fitting: list[tuple[int, str, bytes, bytes, int]], too_large: list[TooLarge]
+    ) -> KafkaDelivery:
+        failed: dict[str, str] = {}
+        refused = False
+        for index, key, value, key_bytes, size in fitting:
+            limit = self.limits.get(topic, self._settings.max_record_bytes)
+            if size > limit:
+                too_large.append(TooLarge(index, key, size, limit, topic, learned=True))
+                continue
+            future = self._producer.send(topic, key=key_bytes, value=value)
+            with contextlib.suppress(KafkaError):
+                self._producer.flush(timeout=self.timeout_s)
+            try:
+                future.get(timeout=self.timeout_s)
+            except SIZE_REFUSALS:
+                refused = True
+                learned = size // 2 if topic == self.dlq_topic else size - 1
+                self._learned[topic] = min(self._learned.get(topic, learned), learned)
+                self.limits[topic] = min(limit, learned)
+                log.warning(
+                    "topic %s refused a record of about %d bytes on its own and its max.message.bytes cannot be "
+                    "read: holding it to %d bytes while this process runs",
+                    topic, size, self.limits[topic],
+                )  # fmt: skip
+                too_large.append(TooLarge(index, key, size, self.limits[topic], topic, learned=True))
+                self._restart(self._producer, topic, reread=False)
+            except KafkaError as exc:
+                failed[key] = repr(exc)
+        if not refused and not failed:
+            self._probing.discard(topic)
+        return KafkaDelivery([], failed, self.timeout_s, too_large)
 
     def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> list[TooLarge]:
         delivery = self._send(topic, records)
@@ -308,16 +412,21 @@ class KafkaPublisher:
         return self._send(self.topic, [(d.id, encode(d)) for d in docs])
 
     def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Send and wait for dead letters, each cut to fit the dead-letter topic (payload_truncated)."""
-        if not letters:
-            return
-        limit = self.limits.get(self.dlq_topic, self._settings.max_record_bytes)
-        records = []
-        for letter in letters:
-            key = letter.key or "dead-letter"
-            room = max(1024, limit - RECORD_OVERHEAD_BYTES - len(key.encode("utf-8")))
-            records.append((key, fit_dead_letter(letter, room, exclude_none=True)))
-        self._send_all(self.dlq_topic, records)
+        """Send and wait for dead letters, each cut to fit the dead-letter topic (payload_truncated). A letter the
+        topic refuses (its limit learned from the refusal, where it cannot be read) is cut again to the new limit;
+        raises :class:`PublishError` if a letter cannot be cut small enough or is not acknowledged."""
+        pending = list(letters)
+        while pending:
+            limit = self.limits.get(self.dlq_topic, self._settings.max_record_bytes)
+            records = []
+            for letter in pending:
+                key = letter.key or "dead-letter"
+                room = max(DEAD_LETTER_MIN_ROOM, limit - RECORD_OVERHEAD_BYTES - len(key.encode("utf-8")))
+                records.append((key, fit_dead_letter(letter, room, exclude_none=True)))
+            refused = self._send_all(self.dlq_topic, records)
+            if refused and self.limits.get(self.dlq_topic, limit) >= limit:  # no smaller limit to cut them to
+                raise PublishError({t.key: f"dead letter not sent: {t.error}" for t in refused})
+            pending = [pending[t.index] for t in refused]
 
     def close(self) -> None:
         """Flush what is buffered and close (graceful shutdown)."""

@@ -109,18 +109,30 @@ def test_a_record_larger_than_the_topic_takes_comes_back_unsent_and_the_others_a
     assert sorted(r.key.decode() for r in records) == ["ok-0", "ok-1", "ok-2"]
 
 
-def test_a_topic_limit_lowered_under_a_running_publisher(settings: CommonSettings) -> None:
+@pytest.mark.parametrize("describe_configs", [True, False], ids=["describe-configs", "no-describe-configs"])
+def test_a_topic_limit_lowered_under_a_running_publisher(
+    settings: CommonSettings, monkeypatch: pytest.MonkeyPatch, describe_configs: bool
+) -> None:
     """The operator lowers the raw topic's max.message.bytes after the publisher read it: the broker refuses a
     document that fitted before, which fails kafka-python's idempotent producer for every later send. The publisher
-    reports the document as not acknowledged (the caller retries: a file is read again, a push answered 503), starts
-    a new producer and reads the limits again; the retry turns the document into a too_large dead letter, cut to fit
-    the dead-letter topic, and the stream goes on."""
+    settles it within the same call: a new producer, the limits read again, the batch sent again, and the document
+    comes back too large and becomes a too_large dead letter cut to fit the dead-letter topic; the stream goes on.
+    Without the DescribeConfigs permission (the admin call refused as a broker without the ACL would) the limits
+    cannot be read: the retry goes one record at a time, so the refusal names the document and its size becomes
+    the topic's limit, and the dead letter, refused in turn, is cut until the dead-letter topic takes it."""
     from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import TopicAuthorizationFailedError
 
     from schemas.topics import ensure_configured
 
     cfg = ingest_settings_from(settings)
     ensure_configured(cfg, [cfg.topic_raw, cfg.topic_dlq])
+    if not describe_configs:
+
+        def refused(*args: Any, **kwargs: Any) -> dict[str, int]:
+            raise TopicAuthorizationFailedError("DescribeConfigs not allowed")
+
+        monkeypatch.setattr("ingest.publisher.max_message_bytes", refused)
     db = Database(cfg.db_url)
     publisher = KafkaPublisher(cfg)
     ingestor = Ingestor(cfg, publisher, db=db)
@@ -142,26 +154,60 @@ def test_a_topic_limit_lowered_under_a_running_publisher(settings: CommonSetting
             ]
         )
         admin.close()
-        with pytest.raises(PublishError) as raised:
-            ingestor.ingest([mid])
-        assert set(raised.value.failed) == {"mid"}
-        assert publisher.limits == {cfg.topic_raw: 4096, cfg.topic_dlq: 3000}  # read again, new producer
-        retried = ingestor.ingest([mid, news("c", "third story")])
-        assert retried.ids == ["c"] and list(retried.rejected) == ["mid"]
-        assert "4096" in retried.rejected["mid"]
-        assert ingestor.ingest([news("d", "fourth story")]).ids == ["d"]
+        settled = ingestor.ingest([news("c", "third story"), mid])
+        assert settled.ids == ["c"] and list(settled.rejected) == ["mid"]
+        if describe_configs:
+            assert publisher.limits == {cfg.topic_raw: 4096, cfg.topic_dlq: 3000}  # read again, new producer
+            assert "takes at most 4096" in settled.rejected["mid"]
+        else:
+            # learned from the refusal of the document alone: its size less one byte (the prepared document is a
+            # little larger than the 6,000 characters of text)
+            learned = publisher.limits[cfg.topic_raw]
+            assert 6000 < learned < 7000
+            assert f"cannot be read (DescribeConfigs), so it is now held to {learned} bytes" in settled.rejected["mid"]
+            assert publisher.limits[cfg.topic_dlq] < 3000  # learned from the refusals of its dead letter
+        assert ingestor.ingest([news("d", "fourth story"), news("e", "fifth story")]).ids == ["d", "e"]
+        assert ingestor.ingest([mid]).rejected.keys() == {"mid"}  # now refused before sending, in either case
     finally:
         ingestor.close()
         publisher.close()
         db.dispose()
-    records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=4)
-    assert sorted(r.key.decode() for r in records) == ["a", "b", "c", "d"]
-    (dead,) = consume(cfg.kafka_bootstrap, cfg.topic_dlq, expected=1)
-    letter = DeadLetter.model_validate_json(dead.value)
-    assert (letter.reason, letter.key, letter.stage) == ("too_large", "mid", "ingest")
-    assert len(dead.value) <= 3000 and letter.payload_truncated
-    assert letter.payload_size is not None and letter.payload_size > 6000
-    assert mid.model_dump_json(exclude_none=True).startswith(letter.payload or "-")
+    records = consume(cfg.kafka_bootstrap, cfg.topic_raw, expected=5)
+    assert sorted(r.key.decode() for r in records) == ["a", "b", "c", "d", "e"]
+    dead = consume(cfg.kafka_bootstrap, cfg.topic_dlq, expected=2)
+    for record in dead:
+        letter = DeadLetter.model_validate_json(record.value)
+        assert (letter.reason, letter.key, letter.stage) == ("too_large", "mid", "ingest")
+        assert len(record.value) <= 3000 and letter.payload_truncated
+        assert letter.payload_size is not None and letter.payload_size > 6000
+        assert mid.model_dump_json(exclude_none=True).startswith(letter.payload or "-")
+
+
+def test_a_dead_letter_its_topic_cannot_take_is_an_error_not_a_silent_drop(settings: CommonSettings) -> None:
+    """A dead-letter topic limited below the smallest a letter is cut to (1,024 bytes of room): the letter is not
+    sent and the publisher says so (the caller keeps the input: a file is read again, a push answered 503)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from schemas.topics import ensure_configured
+
+    cfg = ingest_settings_from(settings)
+    ensure_configured(cfg, [cfg.topic_raw, cfg.topic_dlq])
+    admin = KafkaAdminClient(bootstrap_servers=cfg.kafka_bootstrap.split(","))
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, cfg.topic_dlq, configs={"max.message.bytes": "900"})])
+    admin.close()
+    publisher = KafkaPublisher(cfg)
+    small = DeadLetter(reason="invalid_json", error="not JSON", stage="ingest", key="small", payload="{")
+    large = DeadLetter(reason="invalid_json", error="not JSON", stage="ingest", key="large", payload="{" * 5000)
+    try:
+        assert publisher.limits[cfg.topic_dlq] == 900
+        publisher.dead_letter([small])  # fits as it is
+        with pytest.raises(PublishError, match=r"dead letter not sent: .* takes at most 900") as raised:
+            publisher.dead_letter([large])
+        assert set(raised.value.failed) == {"large"}
+    finally:
+        publisher.close()
+    (record,) = consume(cfg.kafka_bootstrap, cfg.topic_dlq, expected=1)
+    assert record.key == b"small"
 
 
 def test_records_land_on_the_default_partitioners_partition(settings: CommonSettings) -> None:
