@@ -369,8 +369,8 @@ class KafkaPublisher:
         refused = False
         for index, key, value, key_bytes, size in fitting:
             limit = self.limits.get(topic, self._settings.max_record_bytes)
-            if size > limit:
-                too_large.append(TooLarge(index, key, size, limit, topic, learned=True))
+            if size > limit:  # over a limit learned from an earlier record of this batch
+                too_large.append(TooLarge(index, key, size, limit, topic, learned=self._learned.get(topic) == limit))
                 continue
             future = self._producer.send(topic, key=key_bytes, value=value)
             with contextlib.suppress(KafkaError):
