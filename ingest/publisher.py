@@ -359,40 +359,36 @@ class KafkaPublisher:
         limit cannot be read). A record refused on its own is too large: its size less one byte (half of it on the
         dead-letter topic) becomes the topic's limit, the failed producer is replaced, and later records are held
         to that limit. A batch answered without a refusal ends this: the next goes as one batch again."""
-        with self._lock:
-            return self._send_alone_locked(topic, fitting, too_large)
-
-    def _send_alone_locked(
-        self, topic: str, fitting: list[tuple[int, str, bytes, bytes, int]], too_large: list[TooLarge]
-    ) -> KafkaDelivery:
         failed: dict[str, str] = {}
         refused = False
-        for index, key, value, key_bytes, size in fitting:
-            limit = self.limits.get(topic, self._settings.max_record_bytes)
-            if size > limit:  # over a limit learned from an earlier record of this batch
-                too_large.append(TooLarge(index, key, size, limit, topic, learned=self._learned.get(topic) == limit))
-                continue
-            future = self._producer.send(topic, key=key_bytes, value=value)
-            with contextlib.suppress(KafkaError):
-                self._producer.flush(timeout=self.timeout_s)
-            try:
-                future.get(timeout=self.timeout_s)
-            except SIZE_REFUSALS:
-                refused = True
-                learned = size // 2 if topic == self.dlq_topic else size - 1
-                self._learned[topic] = min(self._learned.get(topic, learned), learned)
-                self.limits[topic] = min(limit, learned)
-                log.warning(
-                    "topic %s refused a record of about %d bytes on its own and its max.message.bytes cannot be "
-                    "read: holding it to %d bytes while this process runs",
-                    topic, size, self.limits[topic],
-                )  # fmt: skip
-                too_large.append(TooLarge(index, key, size, self.limits[topic], topic, learned=True))
-                self._restart(self._producer, topic, reread=False)
-            except KafkaError as exc:
-                failed[key] = repr(exc)
-        if not refused and not failed:
-            self._probing.discard(topic)
+        with self._lock:
+            for index, key, value, key_bytes, size in fitting:
+                limit = self.limits.get(topic, self._settings.max_record_bytes)
+                if size > limit:  # over a limit learned from an earlier record of this batch
+                    learned = self._learned.get(topic) == limit
+                    too_large.append(TooLarge(index, key, size, limit, topic, learned=learned))
+                    continue
+                future = self._producer.send(topic, key=key_bytes, value=value)
+                with contextlib.suppress(KafkaError):
+                    self._producer.flush(timeout=self.timeout_s)
+                try:
+                    future.get(timeout=self.timeout_s)
+                except SIZE_REFUSALS:
+                    refused = True
+                    held = size // 2 if topic == self.dlq_topic else size - 1
+                    self._learned[topic] = min(self._learned.get(topic, held), held)
+                    self.limits[topic] = min(limit, held)
+                    log.warning(
+                        "topic %s refused a record of about %d bytes on its own and its max.message.bytes cannot be "
+                        "read: holding it to %d bytes while this process runs",
+                        topic, size, self.limits[topic],
+                    )  # fmt: skip
+                    too_large.append(TooLarge(index, key, size, self.limits[topic], topic, learned=True))
+                    self._restart(self._producer, topic, reread=False)
+                except KafkaError as exc:
+                    failed[key] = repr(exc)
+            if not refused and not failed:
+                self._probing.discard(topic)
         return KafkaDelivery([], failed, self.timeout_s, too_large)
 
     def _send_all(self, topic: str, records: Sequence[tuple[str, bytes]]) -> list[TooLarge]:
