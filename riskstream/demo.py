@@ -116,7 +116,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.5), squeeze=False)
     for ax, (channel, data) in zip(axes[0], channels, strict=True):
         topics = data["riskiest_topics"][::-1]
-        ax.barh([t["topic"][:32] for t in topics], [t["mean_risk"] for t in topics], color="#c0392b")
+        labels = [t["topic"] if len(t["topic"]) <= 40 else t["topic"][:39] + "\u2026" for t in topics]
+        ax.barh(labels, [t["mean_risk"] for t in topics], color="#c0392b")
         ax.set_xlim(0, 1)
         ax.set_xlabel("mean P(negative)")
         ax.set_title(f"{channel}: riskiest topics ({data['documents']} docs)")
