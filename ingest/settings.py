@@ -167,7 +167,8 @@ class IngestSettings(CommonSettings):
         default=30.0,
         gt=0,
         description="How long a request or file waits for the broker's acknowledgements before "
-        "it is reported failed (HTTP 503).",
+        "it is reported failed (HTTP 503). A batch the broker refuses for size is sent once more, by a new "
+        "producer, with a wait of its own: such a call can take up to twice this.",
     )
 
     # ---- watched directory ------------------------------------------------------------------------------------
