@@ -144,7 +144,7 @@ def _evaluate_version(
     settings: FinetuneSettings, version: str | None, datasets: tuple[str, ...], split: str
 ) -> dict[str, Any]:
     from finetune.data import DATASETS
-    from finetune.evaluate import metrics_from_logits
+    from finetune.evaluate import head_vote, metrics_from_logits
     from finetune.report import reports_dir, write_report
     from riskstream.modeling import row_temperatures
 
@@ -158,7 +158,8 @@ def _evaluate_version(
         task = DATASETS[name].task
         scored, stats, spec = _score_split(settings, bundle, record.version, name, split)
         temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
-        m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature)
+        vote = head_vote(spec, bundle.model, scored.pooled)
+        m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature, vote=vote)
         result: dict[str, Any] = {
             "dataset": name,
             "split": split,
@@ -209,7 +210,7 @@ def compare_cmd(
     """
     _offline()
     from finetune.data import DATASETS
-    from finetune.evaluate import Predictions, paired_summary
+    from finetune.evaluate import Predictions, paired_summary, predicted_labels
     from riskstream.modeling import ArtifactError, read_manifest
 
     records = [_record(settings, baseline), _record(settings, candidate)]
@@ -240,8 +241,8 @@ def compare_cmd(
         bundle = _load(settings, record)
         preds: Predictions = {}
         for name in names:
-            scored, _, _ = _score_split(settings, bundle, record.version, name, split)
-            preds[name] = (scored.labels.numpy(), scored.logits.argmax(dim=1).numpy())
+            scored, _, spec = _score_split(settings, bundle, record.version, name, split)
+            preds[name] = (scored.labels.numpy(), predicted_labels(spec, bundle.model, scored.logits, scored.pooled))
         predictions.append(preds)
         del bundle
     summary = paired_summary(predictions[0], predictions[1], {n: len(labels[n]) for n in names})

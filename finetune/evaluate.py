@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from finetune.calibrate import ece, nll, reliability
 from finetune.data import Example
 from finetune.train import predict_outputs
-from riskstream.modeling import MultiTaskModel
+from riskstream.modeling import MultiTaskModel, TaskSpec, calibrated_probs
 
 
 def metrics_from_logits(
@@ -28,16 +28,22 @@ def metrics_from_logits(
     temperature: float | torch.Tensor,
     *,
     detail: bool = True,
+    vote: tuple[float, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Metrics for calibrated probabilities ``softmax(logits / temperature)``; ECE also before calibration.
 
     ``temperature`` is one number, or one per row (shape ``[rows, 1]``, a calibration per source); then the
-    metrics' ``temperature`` is their mean."""
+    metrics' ``temperature`` is their mean. ``vote`` (weight, the rows' kNN label shares; :func:`head_vote`) is
+    mixed into both, as the model serves it."""
     n = int(labels.shape[0])
     if n == 0:
         return {"n": 0, "accuracy": 0.0, "macro_f1": 0.0}
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     raw = torch.softmax(logits.float(), dim=-1)
+    if vote is not None:
+        weight, shares = vote
+        probs = (1.0 - weight) * probs + weight * shares
+        raw = (1.0 - weight) * raw + weight * shares
     pred = probs.argmax(dim=1).numpy()
     gold = labels.numpy()
     label_ids = list(range(len(label_names)))
@@ -47,9 +53,11 @@ def metrics_from_logits(
         "macro_f1": float(f1_score(gold, pred, labels=label_ids, average="macro", zero_division=0)),
         "ece": ece(probs, labels),
         "ece_uncalibrated": ece(raw, labels),
-        "nll": nll(logits, labels, temperature),
+        "nll": nll(logits, labels, temperature) if vote is None else _nll_of_probs(probs, labels),
         "temperature": float(temperature.mean()) if isinstance(temperature, torch.Tensor) else temperature,
     }
+    if vote is not None:
+        out["knn_weight"] = vote[0]
     if detail:
         # macro-F1 over the labels present in gold or predictions would be kinder to small slices; keep all labels
         p, r, f, s = precision_recall_fscore_support(gold, pred, labels=label_ids, zero_division=0)
@@ -63,6 +71,29 @@ def metrics_from_logits(
         out["macro_f1_ci95"] = ci["macro_f1"]
         out["reliability"] = reliability(probs, labels)
     return out
+
+
+def _nll_of_probs(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    picked = probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    return float(-torch.log(picked.clamp(min=1e-12)).mean())
+
+
+def head_vote(spec: TaskSpec, model: MultiTaskModel, pooled: torch.Tensor) -> tuple[float, torch.Tensor] | None:
+    """(weight, the rows' kNN label shares) for a head with a kNN vote, else None (for :func:`metrics_from_logits`)."""
+    if spec.knn_weight <= 0:
+        return None
+    memory = model.memory(spec.name)
+    if memory is None:
+        raise ValueError(f"task {spec.name} mixes in a kNN vote, but the model has no memory for it")
+    return spec.knn_weight, memory.vote(pooled, len(spec.labels), spec.knn_k, spec.knn_temperature)
+
+
+def predicted_labels(spec: TaskSpec, model: MultiTaskModel, logits: torch.Tensor, pooled: torch.Tensor) -> np.ndarray:
+    """The label ids the model serves for these rows: the head's argmax, or with a kNN vote the mixture's."""
+    if spec.knn_weight <= 0:
+        return logits.argmax(dim=1).numpy()  # a temperature moves no argmax
+    probs = calibrated_probs(spec, logits, pooled, model.source_classifier(spec.name), model.memory(spec.name))
+    return probs.argmax(dim=1).cpu().numpy()
 
 
 BOOTSTRAP_RESAMPLES = 1000

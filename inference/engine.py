@@ -43,7 +43,7 @@ from torch import nn
 from inference.batching import pack_by_budget
 from inference.device import Placement
 from riskstream.bert import LeanBert
-from riskstream.modeling import LoadedBundle, calibrated_probs, mean_pool, tasks_for_channel
+from riskstream.modeling import LabelMemory, LoadedBundle, calibrated_probs, mean_pool, tasks_for_channel
 from schemas.records import CHANNELS, Prediction
 
 if TYPE_CHECKING:
@@ -162,6 +162,12 @@ class Engine:
         self.source_classifiers: dict[str, nn.Module] = dict(
             bundle.model.source_classifiers.to(pooled_device, dtype=torch.float32).eval().items()
         )
+        # heads with a kNN vote compare the pooled embedding with their memory's (fp32, beside the pooled rows)
+        self.memories: dict[str, LabelMemory] = {
+            task: memory.to(pooled_device, dtype=torch.float32)
+            for task, memory in bundle.model.memories.items()
+            if isinstance(memory, LabelMemory)
+        }
         self.compiled = False
         self._neg_index = {
             task: (spec.labels.index("negative") if "negative" in spec.labels else None)
@@ -380,7 +386,8 @@ class Engine:
             sub = pooled if len(rows) == len(channels) else pooled[torch.tensor(rows, device=pooled.device)]
             for task in tasks_for_channel(channel):
                 spec, classifier = self.bundle.manifest.tasks[task], self.source_classifiers.get(task)
-                probs = calibrated_probs(spec, self.heads[task](sub), sub, classifier).cpu()
+                memory = self.memories.get(task)
+                probs = calibrated_probs(spec, self.heads[task](sub), sub, classifier, memory).cpu()
                 for row, pred in zip(rows, self._predictions(task, probs), strict=True):
                     per_row[row][task] = pred
         out: list[DocScore] = []
