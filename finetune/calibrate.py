@@ -16,11 +16,30 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from riskstream.modeling import mix_vote
+
 ECE_BINS = 15
 
 
-def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> float:
-    return float(F.cross_entropy(logits.float() / temperature, labels.long()))
+Vote = tuple[float, torch.Tensor]  # (weight, the rows' kNN label shares) of a head with a kNN vote
+
+
+def _nll(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor, vote: Vote | None
+) -> torch.Tensor:
+    """Mean NLL of ``softmax(logits / temperature)``, with the head's kNN vote mixed in when it has one (what the
+    model serves, so what its temperature is fitted for). Differentiable in ``temperature``."""
+    if vote is None:
+        return F.cross_entropy(logits / temperature, labels)
+    probs = mix_vote(torch.softmax(logits / temperature, dim=-1), *vote)
+    return -torch.log(probs.gather(1, labels.unsqueeze(1)).clamp(min=1e-12)).mean()
+
+
+def nll(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor = 1.0, *, vote: Vote | None = None
+) -> float:
+    """Mean negative log-likelihood of the calibrated probabilities (the vote mixed in when given)."""
+    return float(_nll(logits.float(), labels.long(), temperature, vote))
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
@@ -59,8 +78,18 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS)
     return out
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int = 100) -> float:
+def _detached_vote(vote: Vote | None) -> Vote | None:
+    return None if vote is None else (float(vote[0]), vote[1].detach().float().clone())
+
+
+def fit_temperature(
+    logits: torch.Tensor, labels: torch.Tensor, *, vote: Vote | None = None, max_iter: int = 100
+) -> float:
     """The temperature minimising dev NLL (LBFGS on log T, so T stays positive); 1.0 when there is no data.
+
+    With ``vote`` (a head with a kNN vote: its weight and the rows' label shares) the NLL is that of the mixture
+    the model serves, ``(1 - w) * softmax(logits / T) + w * vote``, so the temperature is fitted for what is served
+    rather than for the head alone. Then T also moves the argmax (the mixture's), slightly.
 
     The result is clamped to [0.05, 20] and falls back to a coarse grid search if LBFGS does not improve on it.
     """
@@ -69,19 +98,21 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, *, max_iter: int
     # clones: scores from torch.inference_mode() cannot take part in autograd, and LBFGS needs it
     logits = logits.detach().float().clone()
     labels = labels.detach().long().clone()
+    vote = _detached_vote(vote)
     log_t = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss = _nll(logits, labels, log_t.exp(), vote)
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with torch.enable_grad():
+        optimizer.step(closure)
     candidate = float(log_t.detach().exp().clamp(0.05, 20.0))
     grid = [math.exp(x / 20) for x in range(-60, 61)]  # 0.05 .. 20
-    best = min([candidate, *grid], key=lambda t: nll(logits, labels, t))
+    best = min([candidate, *grid], key=lambda t: nll(logits, labels, t, vote=vote))
     if not math.isfinite(best):
         return 1.0
     return best
@@ -133,29 +164,38 @@ def fit_source_classifier(
 
 
 def fit_source_temperatures(
-    classifier: nn.Module, dev: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *, max_iter: int = 100
+    classifier: nn.Module,
+    dev: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    votes: tuple[float, Mapping[str, torch.Tensor]] | None = None,
+    max_iter: int = 100,
 ) -> tuple[float, ...]:
     """The sources' temperatures (in ``dev``'s order, which must be the classifier's) minimising the dev NLL of all
-    rows together, each row divided by its mixed temperature. ``dev`` maps a source to its (logits, labels, pooled).
-    Started from each source's own temperature, so the result is at least as good on the pooled NLL."""
+    rows together, each row divided by its mixed temperature. ``dev`` maps a source to its (logits, labels, pooled);
+    ``votes`` (a head with a kNN vote: its weight, and each source's rows' label shares) makes it the NLL of the
+    served mixture, as in :func:`fit_temperature`. Started from each source's own temperature, so the result is at
+    least as good on the pooled NLL."""
     names = list(dev)
     logits = torch.cat([dev[n][0] for n in names]).detach().float().clone()
     labels = torch.cat([dev[n][1] for n in names]).detach().long().clone()
+    vote = None if votes is None else _detached_vote((votes[0], torch.cat([votes[1][n] for n in names])))
     with torch.no_grad():
         weights = torch.softmax(classifier(torch.cat([dev[n][2] for n in names]).float()).float(), dim=-1)
-    start = [math.log(fit_temperature(dev[n][0], dev[n][1])) for n in names]
+    start = [
+        math.log(fit_temperature(dev[n][0], dev[n][1], vote=None if votes is None else (votes[0], votes[1][n])))
+        for n in names
+    ]
     log_t = torch.tensor(start, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(logits / (weights @ log_t).exp().unsqueeze(1), labels)
+        loss = _nll(logits, labels, (weights @ log_t).exp().unsqueeze(1), vote)
         loss.backward()
         return loss
 
     def pooled_nll(values: Sequence[float]) -> float:
-        t = (weights @ torch.tensor(values)).exp().unsqueeze(1)
-        return float(F.cross_entropy(logits / t, labels))
+        return nll(logits, labels, (weights @ torch.tensor(values)).exp().unsqueeze(1), vote=vote)
 
     with torch.enable_grad():
         optimizer.step(closure)

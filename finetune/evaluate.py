@@ -18,7 +18,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from finetune.calibrate import ece, nll, reliability
 from finetune.data import Example
 from finetune.train import predict_outputs
-from riskstream.modeling import MultiTaskModel, TaskSpec, calibrated_probs
+from riskstream.modeling import MultiTaskModel, TaskSpec, calibrated_probs, mix_vote
 
 
 def metrics_from_logits(
@@ -41,9 +41,7 @@ def metrics_from_logits(
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     raw = torch.softmax(logits.float(), dim=-1)
     if vote is not None:
-        weight, shares = vote
-        probs = (1.0 - weight) * probs + weight * shares
-        raw = (1.0 - weight) * raw + weight * shares
+        probs, raw = mix_vote(probs, *vote), mix_vote(raw, *vote)
     pred = probs.argmax(dim=1).numpy()
     gold = labels.numpy()
     label_ids = list(range(len(label_names)))
@@ -53,7 +51,7 @@ def metrics_from_logits(
         "macro_f1": float(f1_score(gold, pred, labels=label_ids, average="macro", zero_division=0)),
         "ece": ece(probs, labels),
         "ece_uncalibrated": ece(raw, labels),
-        "nll": nll(logits, labels, temperature) if vote is None else _nll_of_probs(probs, labels),
+        "nll": nll(logits, labels, temperature, vote=vote),
         "temperature": float(temperature.mean()) if isinstance(temperature, torch.Tensor) else temperature,
     }
     if vote is not None:
@@ -71,11 +69,6 @@ def metrics_from_logits(
         out["macro_f1_ci95"] = ci["macro_f1"]
         out["reliability"] = reliability(probs, labels)
     return out
-
-
-def _nll_of_probs(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    picked = probs.gather(1, labels.long().unsqueeze(1)).squeeze(1)
-    return float(-torch.log(picked.clamp(min=1e-12)).mean())
 
 
 def head_vote(spec: TaskSpec, model: MultiTaskModel, pooled: torch.Tensor) -> tuple[float, torch.Tensor] | None:

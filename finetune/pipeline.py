@@ -27,7 +27,7 @@ from sqlalchemy import select
 from torch import nn
 
 from finetune import registry as reg
-from finetune.calibrate import ece, fit_source_classifier, fit_source_temperatures, fit_temperature
+from finetune.calibrate import Vote, ece, fit_source_classifier, fit_source_temperatures, fit_temperature
 from finetune.data import DATASETS, Example, TrainingData, check_label_sets, count_labels, load_training_data
 from finetune.evaluate import (
     Predictions,
@@ -51,6 +51,7 @@ from riskstream.modeling import (
     MultiTaskModel,
     TaskSpec,
     load_bundle,
+    mix_vote,
     read_manifest,
     row_temperatures,
     save_bundle,
@@ -191,14 +192,19 @@ def evaluate_on_dev(
             progress=progress,
             desc=f"{desc} {name}",
         )
+    # the kNN votes do not depend on the temperatures, and those are fitted for the mixture the model serves
+    votes = {name: head_vote(specs[DATASETS[name].task], model, sc.pooled) for name, sc in scored.items()}
     out_specs: dict[str, TaskSpec] = {}
     for task, spec in specs.items():
         names = [n for n in scored if DATASETS[n].task == task]
         if not calibrate or not names:
             out_specs[task] = spec
             continue
+        task_votes = _task_votes(spec, votes, names)
         single = fit_temperature(
-            torch.cat([scored[n].logits for n in names]), torch.cat([scored[n].labels for n in names])
+            torch.cat([scored[n].logits for n in names]),
+            torch.cat([scored[n].labels for n in names]),
+            vote=None if task_votes is None else (task_votes[0], torch.cat([task_votes[1][n] for n in names])),
         )
         out_specs[task] = replace(spec, temperature=single, sources=(), source_temperatures=())
         if task in model.source_classifiers:
@@ -207,7 +213,7 @@ def evaluate_on_dev(
             fitted = _fit_per_source(
                 model, tokenizer, task, scored={n: scored[n] for n in names}, train_rows=train_rows[task],
                 max_length=max_length, normalization=normalization, batch_size=batch_size, seed=seed,
-                progress=progress,
+                progress=progress, votes=task_votes,
             )  # fmt: skip
             if fitted is not None:
                 out_specs[task] = replace(out_specs[task], sources=tuple(names), source_temperatures=fitted[0])
@@ -218,8 +224,7 @@ def evaluate_on_dev(
         spec = out_specs[task]
         source_classifier = model.source_classifier(task)
         temperature = row_temperatures(spec, source_classifier, sc.pooled)
-        vote = head_vote(spec, model, sc.pooled)
-        metrics[name] = metrics_from_logits(sc.logits, sc.labels, spec.labels, temperature, vote=vote)
+        metrics[name] = metrics_from_logits(sc.logits, sc.labels, spec.labels, temperature, vote=votes[name])
         if predictions is not None:
             predictions[name] = (sc.labels.numpy(), predicted_labels(spec, model, sc.logits, sc.pooled))
         if spec.sources and source_classifier is not None and name in spec.sources:
@@ -232,8 +237,23 @@ def evaluate_on_dev(
             metrics,
             {t: s.temperature for t, s in out_specs.items()},
             per_source={t for t, s in out_specs.items() if s.sources},
+            votes=votes,
         )
     return out_specs, metrics
+
+
+def _task_votes(
+    spec: TaskSpec, votes: dict[str, Vote | None], names: list[str]
+) -> tuple[float, dict[str, torch.Tensor]] | None:
+    """(the head's vote weight, each of its datasets' rows' label shares), or None for a head without a vote."""
+    if spec.knn_weight <= 0:
+        return None
+    shares: dict[str, torch.Tensor] = {}
+    for name in names:
+        vote = votes[name]
+        assert vote is not None  # head_vote gives every dataset of a voting head its shares
+        shares[name] = vote[1]
+    return spec.knn_weight, shares
 
 
 def knn_heads(settings: FinetuneSettings, specs: dict[str, TaskSpec]) -> list[str]:
@@ -295,9 +315,10 @@ def _fit_per_source(
     batch_size: int,
     seed: int,
     progress: bool,
+    votes: tuple[float, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[tuple[float, ...], nn.Linear] | None:
     """(a temperature per source, the source classifier) for one head, or None (logged) when a source has too few
-    dev or train rows to be calibrated on its own."""
+    dev or train rows to be calibrated on its own. ``votes``: the head's kNN vote on each source's dev rows."""
     names = list(scored)
     by_source: dict[str, list[Example]] = {}
     for name in names:
@@ -317,7 +338,7 @@ def _fit_per_source(
         for name, rows in sample.items()
     }  # fmt: skip
     classifier = fit_source_classifier(pooled)
-    temperatures = fit_source_temperatures(classifier, {n: scored[n] for n in names})
+    temperatures = fit_source_temperatures(classifier, {n: scored[n] for n in names}, votes=votes)
     log.info(
         "%s calibrated per source: %s",
         task,
@@ -331,13 +352,15 @@ def _check_shared_temperatures(
     metrics: dict[str, dict[str, Any]],
     temperatures: dict[str, float],
     per_source: set[str] | frozenset[str] = frozenset(),
+    *,
+    votes: dict[str, Vote | None] | None = None,
 ) -> None:
     """A head may serve several datasets. Where it does, record the temperature each dataset alone would get and
-    the dev ECE it would reach with it (``temperature_alone``, ``ece_alone``), and warn when the head's calibration
-    (its one temperature, or for the tasks in ``per_source`` its temperatures per source) leaves a dataset's dev ECE
-    above CALIBRATION_ECE_WARN. The warning gives both ECEs: far apart, sharing is the cause (the head's confidences
-    mean different things on different kinds of text); close, the dataset is hard to calibrate by a temperature at
-    all, or its dev set is too small to tell."""
+    the dev ECE it would reach with it (``temperature_alone``, ``ece_alone``; through the head's kNN vote where it
+    has one), and warn when the head's calibration (its one temperature, or for the tasks in ``per_source`` its
+    temperatures per source) leaves a dataset's dev ECE above CALIBRATION_ECE_WARN. The warning gives both ECEs:
+    far apart, sharing is the cause (the head's confidences mean different things on different kinds of text);
+    close, the dataset is hard to calibrate by a temperature at all, or its dev set is too small to tell."""
     for task, temperature in temperatures.items():
         names = [n for n in logits if DATASETS[n].task == task]
         if len(names) < 2:
@@ -349,9 +372,11 @@ def _check_shared_temperatures(
         )
         for name in names:
             lg, lb = logits[name]
-            alone = fit_temperature(lg, lb)
+            vote = (votes or {}).get(name)
+            alone = fit_temperature(lg, lb, vote=vote)
+            probs = torch.softmax(lg.float() / alone, -1)
             metrics[name]["temperature_alone"] = alone
-            metrics[name]["ece_alone"] = ece(torch.softmax(lg.float() / alone, -1), lb)
+            metrics[name]["ece_alone"] = ece(probs if vote is None else mix_vote(probs, *vote), lb)
             if metrics[name]["ece"] > CALIBRATION_ECE_WARN:
                 log.warning(
                     "%s: the head's %s leaves %s at dev ECE %.3f; its own temperature (%.2f) would give %.3f.",

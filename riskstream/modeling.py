@@ -278,6 +278,12 @@ class LabelMemory(nn.Module):
         return out.scatter_add_(1, self.labels[index], weights).to(pooled.device)
 
 
+def mix_vote(probs: torch.Tensor, weight: float, shares: torch.Tensor) -> torch.Tensor:
+    """A head's probabilities with its kNN vote mixed in: ``(1 - weight) * probs + weight * shares``. The one place
+    the mixture is written: serving (:func:`calibrated_probs`), evaluation and calibration all use it."""
+    return (1.0 - weight) * probs + weight * shares
+
+
 def calibrated_probs(
     spec: TaskSpec,
     logits: torch.Tensor,
@@ -299,8 +305,7 @@ def calibrated_probs(
     if memory is None:
         raise ArtifactError(f"task {spec.name} mixes in a kNN vote, but its memory is missing")
     assert pooled is not None
-    vote = memory.vote(pooled, len(spec.labels), spec.knn_k, spec.knn_temperature)
-    return (1.0 - spec.knn_weight) * probs + spec.knn_weight * vote
+    return mix_vote(probs, spec.knn_weight, memory.vote(pooled, len(spec.labels), spec.knn_k, spec.knn_temperature))
 
 
 class MultiTaskModel(nn.Module):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from finetune.calibrate import ece, fit_source_temperatures, fit_temperature, nll
 from finetune.cli import eval_cmd
 from finetune.data import load_training_data
 from finetune.pipeline import run_pipeline
@@ -25,6 +26,7 @@ from riskstream.modeling import (
     TaskSpec,
     calibrated_probs,
     load_bundle,
+    mix_vote,
 )
 from riskstream.registry import get_champion, list_versions
 
@@ -58,6 +60,42 @@ def test_the_mixture_is_the_weighted_sum_and_needs_its_memory() -> None:
     # a head without the vote is the calibrated head, memory or not
     plain = calibrated_probs(TaskSpec("t", "news", "topic", ("a", "b", "c"), temperature=2.0), logits, pooled)
     assert plain.tolist() == head.tolist()
+
+
+def _voted(seed: int, n: int = 4000, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits calibrated as they come, labels, a vote that is right 80% of the time): mixing the vote in makes the
+    served probabilities under-confident, so the head's temperature for the mixture is not its own."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=g) * 3
+    labels = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)
+    right = torch.rand(n, generator=g) < 0.8
+    voted = torch.where(right, labels, (labels + torch.randint(1, classes, (n,), generator=g)) % classes)
+    return logits, labels, torch.nn.functional.one_hot(voted, classes).float()
+
+
+def test_a_head_with_a_vote_is_calibrated_for_the_mixture_it_serves() -> None:
+    logits, labels, shares = _voted(seed=0)
+    test_logits, test_labels, test_shares = _voted(seed=1)
+    alone = fit_temperature(logits, labels)
+    through = fit_temperature(logits, labels, vote=(0.3, shares))
+    assert abs(alone - 1.0) < 0.05 and through < 0.85  # the vote softens the mixture; the head sharpens to match
+    assert nll(logits, labels, through, vote=(0.3, shares)) < nll(logits, labels, alone, vote=(0.3, shares))
+
+    def served_ece(temperature: float) -> float:
+        return ece(mix_vote(torch.softmax(test_logits / temperature, -1), 0.3, test_shares), test_labels)
+
+    assert served_ece(through) < served_ece(alone) / 1.5  # on rows it was not fitted on
+    # per source: the same, each source's rows mixed with their own vote
+    dev = {
+        "a": (logits, labels, torch.ones(len(labels), 2)),
+        "b": (test_logits, test_labels, -torch.ones(len(labels), 2)),
+    }
+    classifier = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.tensor([[4.0, 4.0], [-4.0, -4.0]]))
+        classifier.bias.zero_()
+    per_source = fit_source_temperatures(classifier, dev, votes=(0.3, {"a": shares, "b": test_shares}))
+    assert all(t < 0.85 for t in per_source)
 
 
 def test_the_manifest_keeps_the_vote_and_refuses_a_bad_one() -> None:
