@@ -394,6 +394,7 @@ def _gate_view(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     keys += ["accuracy_ci95", "macro_f1_ci95"]
     keys += ["temperature_alone", "ece_alone"]  # datasets of a shared head only
     keys += ["source_accuracy"]  # datasets of a head calibrated per source
+    keys += ["knn_weight"]  # datasets of a head with a kNN vote
     return {name: {k: m[k] for k in keys if k in m} for name, m in metrics.items()}
 
 

@@ -120,6 +120,9 @@ def test_a_run_with_the_vote_alone_gives_training_texts_their_labels_back(
         champ = get_champion(session)
         assert champ is not None and champ.version == summary["version"]
         assert champ.config["knn_weight"] == 1.0 and champ.config["knn_tasks"] == ["cs_topic"]
+        # the registry's dev metrics say which sets were scored with the vote
+        assert champ.metrics["dev"]["banking77"]["knn_weight"] == 1.0
+        assert "knn_weight" not in champ.metrics["dev"]["cs_sentiment"]
     bundle = load_bundle(Path(champ.artifact_path), expected_sha256=champ.artifact_sha256)
     assert (Path(champ.artifact_path) / MEMORY_FILE).is_file()
     assert bundle.manifest.tasks["cs_topic"].knn_weight == 1.0
