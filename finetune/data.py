@@ -20,7 +20,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,13 @@ class DatasetSpec:
     name: str
     task: str
     label_map: dict[str, str] = field(default_factory=dict)
+    # a subdirectory holding the rows every annotator agreed on (its splits subsets of the main ones): the other
+    # rows of the dataset are marked ambiguous (``Example.ambiguous``) for ``--ambiguous-label-smoothing``
+    unanimous_subset: str | None = None
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "financial_phrasebank": DatasetSpec("financial_phrasebank", "news_sentiment"),
+    "financial_phrasebank": DatasetSpec("financial_phrasebank", "news_sentiment", unanimous_subset="allagree"),
     "fin_tweets_sentiment": DatasetSpec(
         "fin_tweets_sentiment", "news_sentiment", {"bearish": "negative", "bullish": "positive"}
     ),
@@ -62,6 +65,8 @@ class Example:
     text: str
     label: int
     source: str  # dataset name or "analyst"
+    # the annotators did not all agree on this label (known only for datasets with a unanimous subset)
+    ambiguous: bool = False
 
 
 @dataclass
@@ -172,6 +177,23 @@ def _to_examples(
     return out
 
 
+def _mark_ambiguous(
+    seed_data: Path, ds: DatasetSpec, examples: list[Example], stats: dict[str, dict[str, Any]]
+) -> list[Example]:
+    """``examples`` (train rows) with those outside the dataset's unanimous subset marked ambiguous; unchanged when
+    the dataset has no such subset or its file is missing (logged)."""
+    if ds.unanimous_subset is None:
+        return examples
+    path = seed_data / ds.name / ds.unanimous_subset / "train.csv"
+    if not path.is_file():
+        log.info("%s: no %s, so no row is marked ambiguous", ds.name, path)
+        return examples
+    unanimous = {text for text, _ in read_split(path, ds.label_map)[0]}
+    out = [ex if ex.text in unanimous else replace(ex, ambiguous=True) for ex in examples]
+    stats[f"{ds.name}/train"]["ambiguous"] = sum(ex.ambiguous for ex in out)
+    return out
+
+
 def analyst_labels(session: Session) -> dict[str, list[tuple[str, str]]]:
     """The analysts' labels per task: the latest label of each (document, task); blank rows skipped."""
     latest: dict[tuple[str, str], tuple[str, str]] = {}
@@ -237,7 +259,7 @@ def load_training_data(
                 log.warning("%s/%s: skipped %d empty and %d malformed rows", name, split, st.empty, st.malformed)
             stats[f"{name}/{split}"] = st.to_json()
             if split == "train":
-                train[ds.task].extend(examples)
+                train[ds.task].extend(_mark_ambiguous(seed_data, ds, examples, stats))
             else:
                 if max_dev_per_dataset is not None and len(examples) > max_dev_per_dataset:
                     examples = rng.sample(examples, max_dev_per_dataset)

@@ -466,7 +466,8 @@ def run_pipeline(
                     "max_length",
                     "text_normalization", "max_train_per_task", "max_dev_per_dataset", "freeze_embeddings",
                     "freeze_layers",
-                    "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing", "seed",
+                    "task_sampling_temperature", "task_weight_multipliers", "dropout", "label_smoothing",
+                    "ambiguous_label_smoothing", "seed",
                     "include_db_labels", "ema_decay", "ema_start", "calibration", "knn_weight", "knn_k",
                     "knn_temperature", "knn_tasks",
                 }

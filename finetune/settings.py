@@ -113,6 +113,14 @@ class FinetuneSettings(CommonSettings):
         "dataset at 0 is left out of its head's training.",
     )
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout before the heads.")
+    ambiguous_label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Label smoothing for training rows whose annotators did not all agree (phrasebank's sentences "
+        "outside its AllAgree subset: 2,063 of 3,870), so the head is not pushed to certainty on labels people "
+        "disputed; rows agreed on keep label_smoothing. 0 turns it off.",
+    )
     label_smoothing: float = Field(
         default=0.0,
         ge=0,

@@ -224,6 +224,19 @@ def _param_groups(
     ]
 
 
+def _row_smoothing(example: Example, smoothing: float, ambiguous_smoothing: float) -> float:
+    return max(smoothing, ambiguous_smoothing) if example.ambiguous else smoothing
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy with a label smoothing per row (``smoothing[i]`` of row i's target mass spread evenly over
+    every label, as ``nn.CrossEntropyLoss(label_smoothing=...)`` does for all rows)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    uniform = -log_probs.mean(dim=-1)
+    return ((1.0 - smoothing) * picked + smoothing * uniform).mean()
+
+
 def train(
     settings: FinetuneSettings,
     data: TrainingData,
@@ -247,6 +260,12 @@ def train(
         for task, rows in data.train.items()
     }
     labels = {task: [ex.label for ex in rows] for task, rows in data.train.items()}
+    # each row's label smoothing: more for the rows annotators disputed (ambiguous_label_smoothing, when set)
+    smoothing = {
+        task: [_row_smoothing(ex, settings.label_smoothing, settings.ambiguous_label_smoothing) for ex in rows]
+        for task, rows in data.train.items()
+    }
+    per_row = settings.ambiguous_label_smoothing > 0 and any(ex.ambiguous for r in data.train.values() for ex in r)
     sizes = {task: len(rows) for task, rows in data.train.items()}
     streams = sampling_streams(data.train)
     weights = sampling_weights(
@@ -322,7 +341,11 @@ def train(
             target = torch.tensor([labels[task][i] for i in idx], dtype=torch.long, device=device)
             with autocast():
                 logits = model(input_ids.to(device), mask.to(device), [task])[task]
-                loss = loss_fn(logits.float(), target)
+                if per_row:
+                    eps = torch.tensor([smoothing[task][i] for i in idx], device=device)
+                    loss = smoothed_cross_entropy(logits.float(), target, eps)
+                else:
+                    loss = loss_fn(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # pragma: no cover - fp16 on GPU only
                 scaler.scale(loss).backward()

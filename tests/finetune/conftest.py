@@ -46,6 +46,11 @@ def write_slice(out: Path, rows_per_label: dict[str, dict[str, int]] | None = No
                         taken[row["label"]] += 1
                         rows.append((row["text"], row["label"]))
             write_csv(out / ds / f"{split}.csv", rows)
+            subset = src / ds / "allagree" / f"{split}.csv"
+            if subset.is_file():  # the slice's rows every annotator agreed on, as the seed data ships them
+                with subset.open(encoding="utf-8", newline="") as fh:
+                    agreed = {row["text"] for row in csv.DictReader(fh)}
+                write_csv(out / ds / "allagree" / f"{split}.csv", [r for r in rows if r[0] in agreed])
     return out
 
 

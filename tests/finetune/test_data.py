@@ -15,7 +15,7 @@ from finetune.data import (
 from riskstream.db import Database
 from riskstream.modeling import TaskSpec
 from schemas.db import LabelRow
-from tests.finetune.conftest import write_csv
+from tests.finetune.conftest import seed_root, write_csv
 
 
 def test_read_split_skips_and_counts_bad_rows(tmp_path: Path) -> None:
@@ -128,3 +128,29 @@ def test_labels_keep_the_dataset_spelling_and_maps_ignore_case(tmp_path: Path) -
     path.write_text(rows, encoding="utf-8")
     pairs, _ = read_split(path, {"bearish": "negative"})
     assert pairs == [("where is my refund", "Refund_not_showing_up"), ("stocks slump", "negative")]
+
+
+def test_rows_annotators_disputed_are_marked_ambiguous(tmp_path: Path) -> None:
+    seed = tmp_path / "seed"
+    rows = [("Profit rose 5 %.", "positive"), ("The plant will be sold.", "neutral"), ("Sales fell.", "negative")]
+    write_csv(seed / "financial_phrasebank" / "train.csv", rows)
+    write_csv(seed / "financial_phrasebank" / "dev.csv", rows[:1])
+    write_csv(seed / "financial_phrasebank" / "allagree" / "train.csv", [rows[0], rows[2]])
+    data = load_training_data(seed, datasets=["financial_phrasebank"])
+    assert {ex.text: ex.ambiguous for ex in data.train["news_sentiment"]} == {
+        "Profit rose 5 %.": False,
+        "The plant will be sold.": True,
+        "Sales fell.": False,
+    }
+    assert data.stats["financial_phrasebank/train"]["ambiguous"] == 1
+    # without the subset's file nothing is marked, and nothing fails
+    (seed / "financial_phrasebank" / "allagree" / "train.csv").unlink()
+    data = load_training_data(seed, datasets=["financial_phrasebank"])
+    assert not any(ex.ambiguous for ex in data.train["news_sentiment"])
+
+
+def test_the_seed_datas_disputed_phrasebank_rows_are_those_outside_allagree() -> None:
+    # the data README: 3,870 train sentences (50Agree), 1,807 of them in AllAgree
+    data = load_training_data(seed_root(), datasets=["financial_phrasebank"])
+    rows = data.train["news_sentiment"]
+    assert (len(rows), sum(ex.ambiguous for ex in rows)) == (3870, 3870 - 1807)
