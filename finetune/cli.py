@@ -17,7 +17,9 @@ from finetune.settings import FinetuneSettings
 from riskstream.cliutil import echo_json, with_settings
 
 if TYPE_CHECKING:
-    from finetune.data import ReadStats
+    import torch
+
+    from finetune.data import Example, ReadStats
     from finetune.evaluate import Scored
     from riskstream.modeling import LoadedBundle, TaskSpec
     from schemas.records import ModelVersionRecord
@@ -119,8 +121,8 @@ def _dataset_names(datasets: tuple[str, ...]) -> tuple[str, ...]:
 
 def _score_split(
     settings: FinetuneSettings, bundle: LoadedBundle, version: str, name: str, split: str
-) -> tuple[Scored, ReadStats, TaskSpec]:
-    """Score one dataset's split with a loaded bundle: (scored rows, read stats, the head's spec)."""
+) -> tuple[Scored, ReadStats, TaskSpec, list[Example]]:
+    """Score one dataset's split with a loaded bundle: (scored rows, read stats, the head's spec, the rows)."""
     from finetune.data import DATASETS, DataError, read_eval_split
     from finetune.evaluate import score_examples
 
@@ -137,7 +139,32 @@ def _score_split(
         normalization=bundle.manifest.text_normalization,
         batch_size=settings.eval_batch_size, progress=True, desc=f"{version} {name}/{split}",
     )  # fmt: skip
-    return scored, stats, spec
+    return scored, stats, spec, rows
+
+
+def _by_agreement(
+    scored: Scored,
+    rows: list[Example],
+    labels: list[str],
+    temperature: float | torch.Tensor,
+    vote: tuple[float, torch.Tensor] | None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics on the rows every annotator agreed on and on the disputed ones, for a dataset that says which (else
+    empty): where a model's errors are, and what a figure on the whole set is made of."""
+    import torch
+
+    from finetune.evaluate import metrics_from_logits
+
+    disputed = torch.tensor([ex.ambiguous for ex in rows], dtype=torch.bool)
+    if not disputed.any() or disputed.all():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, mask in (("unanimous", ~disputed), ("disputed", disputed)):
+        t = temperature[mask] if isinstance(temperature, torch.Tensor) and temperature.dim() > 0 else temperature
+        v = None if vote is None else (vote[0], vote[1][mask])
+        m = metrics_from_logits(scored.logits[mask], scored.labels[mask], labels, t, vote=v, detail=False)
+        out[name] = {k: m[k] for k in ("n", "accuracy", "macro_f1", "ece")}
+    return out
 
 
 def _evaluate_version(
@@ -156,10 +183,11 @@ def _evaluate_version(
     out_dir = reports_dir(settings.models_dir, record.version)
     for name in names:
         task = DATASETS[name].task
-        scored, stats, spec = _score_split(settings, bundle, record.version, name, split)
+        scored, stats, spec, rows = _score_split(settings, bundle, record.version, name, split)
         temperature = row_temperatures(spec, bundle.model.source_classifier(task), scored.pooled)
         vote = head_vote(spec, bundle.model, scored.pooled)
         m = metrics_from_logits(scored.logits, scored.labels, spec.labels, temperature, vote=vote)
+        agreement = _by_agreement(scored, rows, list(spec.labels), temperature, vote)
         result: dict[str, Any] = {
             "dataset": name,
             "split": split,
@@ -174,6 +202,8 @@ def _evaluate_version(
         }
         if spec.sources:  # calibrated per source: "temperature" above is the mean of the rows' temperatures
             result["source_temperatures"] = dict(zip(spec.sources, spec.source_temperatures, strict=True))
+        if agreement:
+            result["agreement"] = agreement
         written = write_report(out_dir, f"{name}-{split}", result, list(spec.labels))
         result.pop("confusion", None)
         result.pop("reliability", None)
@@ -241,7 +271,7 @@ def compare_cmd(
         bundle = _load(settings, record)
         preds: Predictions = {}
         for name in names:
-            scored, _, spec = _score_split(settings, bundle, record.version, name, split)
+            scored, _, spec, _ = _score_split(settings, bundle, record.version, name, split)
             preds[name] = (scored.labels.numpy(), predicted_labels(spec, bundle.model, scored.logits, scored.pooled))
         predictions.append(preds)
         del bundle
@@ -386,3 +416,5 @@ def eval_cmd(dataset: str, split: str, as_json: bool, settings: FinetuneSettings
         f"accuracy={result['accuracy']:.4f} {_interval_text(result.get('accuracy_ci95'))}  "
         f"macro-F1={result['macro_f1']:.4f} {_interval_text(result.get('macro_f1_ci95'))}  ECE={result['ece']:.4f}"
     )
+    for kind, m in result.get("agreement", {}).items():  # datasets that say which labels annotators disputed
+        click.echo(f"  {kind} rows: n={m['n']}  accuracy={m['accuracy']:.4f}  macro-F1={m['macro_f1']:.4f}")

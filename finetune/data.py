@@ -177,21 +177,17 @@ def _to_examples(
     return out
 
 
-def _mark_ambiguous(
-    seed_data: Path, ds: DatasetSpec, examples: list[Example], stats: dict[str, dict[str, Any]]
-) -> list[Example]:
-    """``examples`` (train rows) with those outside the dataset's unanimous subset marked ambiguous; unchanged when
-    the dataset has no such subset or its file is missing (logged)."""
+def mark_ambiguous(seed_data: Path, ds: DatasetSpec, examples: list[Example], split: str) -> tuple[list[Example], bool]:
+    """(``examples`` of ``split`` with those outside the dataset's unanimous subset marked ambiguous, whether the
+    dataset has that subset for this split); unchanged when it has not (no subset, or its file missing: logged)."""
     if ds.unanimous_subset is None:
-        return examples
-    path = seed_data / ds.name / ds.unanimous_subset / "train.csv"
+        return examples, False
+    path = seed_data / ds.name / ds.unanimous_subset / f"{split}.csv"
     if not path.is_file():
         log.info("%s: no %s, so no row is marked ambiguous", ds.name, path)
-        return examples
+        return examples, False
     unanimous = {text for text, _ in read_split(path, ds.label_map)[0]}
-    out = [ex if ex.text in unanimous else replace(ex, ambiguous=True) for ex in examples]
-    stats[f"{ds.name}/train"]["ambiguous"] = sum(ex.ambiguous for ex in out)
-    return out
+    return [ex if ex.text in unanimous else replace(ex, ambiguous=True) for ex in examples], True
 
 
 def analyst_labels(session: Session) -> dict[str, list[tuple[str, str]]]:
@@ -259,7 +255,10 @@ def load_training_data(
                 log.warning("%s/%s: skipped %d empty and %d malformed rows", name, split, st.empty, st.malformed)
             stats[f"{name}/{split}"] = st.to_json()
             if split == "train":
-                train[ds.task].extend(_mark_ambiguous(seed_data, ds, examples, stats))
+                examples, marked = mark_ambiguous(seed_data, ds, examples, split)
+                if marked:
+                    stats[f"{name}/{split}"]["ambiguous"] = sum(ex.ambiguous for ex in examples)
+                train[ds.task].extend(examples)
             else:
                 if max_dev_per_dataset is not None and len(examples) > max_dev_per_dataset:
                     examples = rng.sample(examples, max_dev_per_dataset)
@@ -315,9 +314,10 @@ def check_label_sets(
 def read_eval_split(
     seed_data: Path, dataset: str, split: str, labels: Sequence[str]
 ) -> tuple[list[Example], ReadStats]:
-    """One split of one dataset as examples against a head's labels (for `riskstream eval`)."""
+    """One split of one dataset as examples against a head's labels (for `riskstream eval`), the rows annotators
+    disputed marked where the dataset says which."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
     ds = DATASETS[dataset]
     pairs, st = read_split(seed_data / dataset / f"{split}.csv", ds.label_map)
-    return _to_examples(pairs, labels, dataset, st), st
+    return mark_ambiguous(seed_data, ds, _to_examples(pairs, labels, dataset, st), split)[0], st

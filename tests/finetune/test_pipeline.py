@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from finetune import registry as reg
 from finetune.cli import eval_cmd, finetune
-from finetune.data import DataError, load_training_data
+from finetune.data import DataError, load_training_data, read_split
 from finetune.pipeline import AlreadyRunningError, evaluate_on_dev, run_lock, run_pipeline
 from finetune.testing import tiny_settings
 from riskstream.db import Database
@@ -333,3 +333,10 @@ def test_a_head_of_two_datasets_is_calibrated_per_source_and_evaluated_so(tmp_pa
     out = json.loads(result.stdout)
     assert out["source_temperatures"] == pytest.approx(temperatures)
     assert min(temperatures.values()) <= out["temperature"] <= max(temperatures.values())
+    # phrasebank says which labels its annotators all agreed on: eval splits its figures by that
+    agreed = len(read_split(seed / "financial_phrasebank" / "allagree" / "test.csv", {})[0])
+    parts = out["agreement"]
+    assert 0 < parts["unanimous"]["n"] == agreed < out["n"]
+    assert parts["unanimous"]["n"] + parts["disputed"]["n"] == out["n"]
+    right = sum(p["n"] * p["accuracy"] for p in parts.values())
+    assert right == pytest.approx(out["n"] * out["accuracy"])
