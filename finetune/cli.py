@@ -19,6 +19,7 @@ from riskstream.cliutil import echo_json, with_settings
 if TYPE_CHECKING:
     import torch
 
+    from finetune.calibrate import Vote
     from finetune.data import Example, ReadStats
     from finetune.evaluate import Scored
     from riskstream.modeling import LoadedBundle, TaskSpec
@@ -147,7 +148,7 @@ def _by_agreement(
     rows: list[Example],
     labels: list[str],
     temperature: float | torch.Tensor,
-    vote: tuple[float, torch.Tensor] | None,
+    vote: Vote | None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics on the rows every annotator agreed on and on the disputed ones, for a dataset that says which (else
     empty): where a model's errors are, and what a figure on the whole set is made of."""

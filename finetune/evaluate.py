@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from finetune.calibrate import ece, nll, reliability
+from finetune.calibrate import Vote, ece, nll, reliability
 from finetune.data import Example
 from finetune.train import predict_outputs
 from riskstream.modeling import MultiTaskModel, TaskSpec, calibrated_probs, mix_vote
@@ -28,7 +28,7 @@ def metrics_from_logits(
     temperature: float | torch.Tensor,
     *,
     detail: bool = True,
-    vote: tuple[float, torch.Tensor] | None = None,
+    vote: Vote | None = None,
 ) -> dict[str, Any]:
     """Metrics for calibrated probabilities ``softmax(logits / temperature)``; ECE also before calibration.
 
@@ -71,7 +71,7 @@ def metrics_from_logits(
     return out
 
 
-def head_vote(spec: TaskSpec, model: MultiTaskModel, pooled: torch.Tensor) -> tuple[float, torch.Tensor] | None:
+def head_vote(spec: TaskSpec, model: MultiTaskModel, pooled: torch.Tensor) -> Vote | None:
     """(weight, the rows' kNN label shares) for a head with a kNN vote, else None (for :func:`metrics_from_logits`)."""
     if spec.knn_weight <= 0:
         return None
